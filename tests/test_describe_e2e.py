@@ -1,0 +1,210 @@
+"""End-to-end `visdiff describe` runs with the tiny preset on the shared example photos, on the
+session's local Ray: our Serve-hosted LLM, the manifest's caption column, and an external
+OpenAI-compatible endpoint (a real HTTP stand-in on loopback)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from tests.openai_standin import serve_standin
+from visdiff.cli import main
+from visdiff.propose.parse import dedupe_hypotheses, parse_hypotheses
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+GROUP_A = "People practicing yoga in a mountainous setting"
+GROUP_B = "People meditating in a mountainous setting"
+RUN_FILES = (
+    "config.yaml",
+    "hypotheses.jsonl",
+    "ranked.json",
+    "ranked.parquet",
+    "stats.json",
+    "report.html",
+)
+
+
+@pytest.fixture(scope="module")
+def example_folders(tmp_path_factory, examples_dir) -> tuple[Path, Path]:
+    """The 200 photos plus one corrupt JPEG in A and one text file posing as a PNG in B."""
+    root = tmp_path_factory.mktemp("examples")
+    set_a = shutil.copytree(examples_dir / "set_a", root / "set_a")
+    set_b = shutil.copytree(examples_dir / "set_b", root / "set_b")
+    whole = (examples_dir / "set_a" / "000001.jpg").read_bytes()
+    (set_a / "zz_corrupt.jpg").write_bytes(whole[: len(whole) // 2])
+    (set_b / "zz_not_an_image.png").write_text("hello, I am text")
+    return Path(set_a), Path(set_b)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_run_folder(run_dir: Path, *, n_a: int, n_b: int, num_rounds: int) -> dict:
+    """Invariants every run folder must satisfy; returns the parsed files."""
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["models"] == "tiny"
+
+    proposals = _read_jsonl(run_dir / "hypotheses.jsonl")
+    assert {p["round"] for p in proposals} == set(range(num_rounds))
+    assert all(isinstance(p["raw_text"], str) for p in proposals)
+    proposed = {p["hypothesis"] for p in proposals if p["hypothesis"] is not None}
+
+    ranked = json.loads((run_dir / "ranked.json").read_text())
+    assert ranked, "no ranked hypotheses"
+    hypotheses = [r["hypothesis"] for r in ranked]
+    assert len(set(hypotheses)) == len(hypotheses)
+    assert set(hypotheses) <= proposed
+    assert [r["rank"] for r in ranked] == list(range(1, len(ranked) + 1))
+    aurocs = [r["auroc"] for r in ranked]
+    assert aurocs == sorted(aurocs, reverse=True)
+    for r in ranked:
+        assert 0.0 <= r["auroc"] <= 1.0
+        assert r["n_a"] == n_a and r["n_b"] == n_b
+        assert math.isclose(r["diff"], r["mean_a"] - r["mean_b"], abs_tol=1e-9)
+        assert -1.0 <= r["correct_delta"] <= 1.0
+        assert r["p_value"] is None or 0.0 <= r["p_value"] <= 1.0
+
+    table = pd.read_parquet(run_dir / "ranked.parquet")
+    assert list(table["hypothesis"]) == hypotheses
+    np.testing.assert_allclose(table["auroc"], aurocs)
+    for column in (
+        "auroc",
+        "mean_a",
+        "mean_b",
+        "diff",
+        "t_stat",
+        "p_value",
+        "correct_delta",
+        "n_a",
+        "n_b",
+    ):
+        assert column in table.columns
+
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert stats["images"]["a"]["ranked"] == n_a and stats["images"]["b"]["ranked"] == n_b
+    assert set(stats["seconds"]) >= {"load_inputs", "caption", "propose", "embed_images", "rank"}
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/jpeg;base64,") >= 2
+    return {"proposals": proposals, "ranked": ranked, "stats": stats, "html": html}
+
+
+def _recompute_aurocs(set_a: Path, set_b: Path, hypotheses: list[str]) -> list[float]:
+    """Single-process reference: the same tiny CLIP, every image, sklearn's AUROC."""
+    import torch
+    from PIL import Image
+
+    from visdiff.config import ClipConfig
+    from visdiff.models.clip import clip_image_embeddings, clip_text_embeddings, load_clip
+
+    bundle = load_clip(ClipConfig())
+    paths_a = sorted(p for p in set_a.glob("*.jpg") if not p.name.startswith("zz_"))
+    paths_b = sorted(set_b.glob("*.jpg"))
+    pixels = torch.stack(
+        [bundle.preprocess(Image.open(p).convert("RGB")) for p in paths_a + paths_b]
+    )
+    images = clip_image_embeddings(bundle, pixels)
+    texts = clip_text_embeddings(bundle, hypotheses)
+    scores = images @ texts.T
+    labels = np.r_[np.ones(len(paths_a)), np.zeros(len(paths_b))]
+    return [roc_auc_score(labels, scores[:, j]) for j in range(len(hypotheses))]
+
+
+def test_describe_tiny_on_folders_with_serve_llm(
+    ray_session, example_folders, tmp_path, serve_http_port, capsys
+):
+    set_a, set_b = example_folders
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "describe",
+            "--config",
+            str(REPO / "configs" / "examples_folders.yaml"),
+            f"data.set_a={set_a}",
+            f"data.set_b={set_b}",
+            f"output_dir={run_dir}",
+            f"llm.http_port={serve_http_port}",
+            "propose.num_rounds=2",
+            "propose.num_samples=6",
+            "evaluate.top_k=3",
+        ]
+    )
+    assert code == 0
+    out = check_run_folder(run_dir, n_a=100, n_b=100, num_rounds=2)
+    stats = out["stats"]
+    reasons = {s["uri"].rsplit("/", 1)[-1]: s["reason_code"] for s in stats["skipped"]}
+    assert reasons == {"zz_corrupt.jpg": "truncated", "zz_not_an_image.png": "not_an_image"}
+    assert stats["images"]["a"]["skipped"] == 1 and stats["images"]["b"]["skipped"] == 1
+    assert stats["captioning"]["images_captioned"] > 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["ground_truth_a"] == GROUP_A
+    assert {"acc@1", "acc@5", "acc@N"} <= set(metrics)
+    printed = capsys.readouterr().out
+    assert "Top hypotheses" in printed and str(run_dir.resolve()) in printed
+
+    # The distributed ranking equals a single-process sklearn reference on the same model.
+    ranked = out["ranked"]
+    reference = _recompute_aurocs(set_a, set_b, [r["hypothesis"] for r in ranked])
+    np.testing.assert_allclose([r["auroc"] for r in ranked], reference, atol=1e-6)
+
+
+def test_describe_with_manifest_captions_and_external_endpoint(
+    ray_session, examples_dir, recorded_outputs_path, tmp_path, monkeypatch
+):
+    recorded = [
+        json.loads(line)["output"] for line in recorded_outputs_path.read_text().splitlines()
+    ]
+    secret = "sk-test-never-logged-0123456789"
+    monkeypatch.setenv("VISDIFF_TEST_KEY", secret)
+    run_dir = tmp_path / "run"
+    judge_answers = ["2", "0", "1", "0", "0"]
+    with serve_standin(recorded + judge_answers, require_key=secret) as standin:
+        code = main(
+            [
+                "describe",
+                "--config",
+                str(REPO / "configs" / "examples_manifest.yaml"),
+                f"data.manifest={examples_dir / 'manifest.csv'}",
+                f"output_dir={run_dir}",
+                "caption.source=manifest",
+                "llm.backend=external",
+                f"llm.base_url={standin.base_url}",
+                "llm.external_model=gpt-4",
+                "llm.api_key_env=VISDIFF_TEST_KEY",
+                "propose.num_rounds=3",
+                "propose.num_samples=10",
+            ]
+        )
+        requests = list(standin.requests)
+    assert code == 0
+    out = check_run_folder(run_dir, n_a=100, n_b=100, num_rounds=3)
+
+    # The proposer saw only manifest captions; the captioner never ran.
+    manifest = pd.read_csv(examples_dir / "manifest.csv", keep_default_na=False)
+    captions = set(manifest.loc[manifest["caption"] != "", "caption"])
+    proposer_prompts = [r["messages"][-1]["content"] for r in requests[:3]]
+    for prompt in proposer_prompts:
+        assert sum(caption in prompt for caption in captions) >= 10
+    assert all(r["model"] == "gpt-4" for r in requests)
+    assert out["stats"]["captioning"]["images_captioned"] == 0
+
+    # Hypotheses are exactly the parsed, de-duplicated recorded answers.
+    expected = dedupe_hypotheses(h for text in recorded for h in parse_hypotheses(text))
+    assert sorted(r["hypothesis"] for r in out["ranked"]) == sorted(expected)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["acc@N"] == 1.0 and metrics["n_judged"] == 5
+
+    # The key never reaches the run folder.
+    for path in run_dir.iterdir():
+        assert secret not in path.read_text(errors="ignore"), path.name

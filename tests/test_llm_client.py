@@ -1,0 +1,146 @@
+"""HTTPChatClient against a real HTTP stand-in for an OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+
+import pytest
+from openai_standin import serve_standin
+
+from visdiff.errors import LLMError
+from visdiff.llm.client import ChatClient, HTTPChatClient
+
+MESSAGES = [
+    {"role": "system", "content": "You compare image sets."},
+    {"role": "user", "content": "Set A: dogs. Set B: cats."},
+]
+SECRET = "sk-test-0123456789abcdef"
+
+
+def _client(base_url: str, **kwargs) -> HTTPChatClient:
+    kwargs.setdefault("backoff_s", 0.01)
+    return HTTPChatClient(base_url, "some-model", **kwargs)
+
+
+def test_answers_in_order_and_sends_openai_body() -> None:
+    with serve_standin(["first answer", "second answer"]) as standin:
+        client = _client(standin.base_url)
+        assert isinstance(client, ChatClient)
+        got = [
+            client.complete(MESSAGES, temperature=0.3, max_tokens=50, seed=7),
+            client.complete(MESSAGES, temperature=0.0, max_tokens=8),
+            client.complete(MESSAGES, temperature=1.0, max_tokens=8),
+        ]
+        client.close()
+    assert got == ["first answer", "second answer", "first answer"]
+    body = standin.requests[0]
+    assert body == {
+        "model": "some-model",
+        "messages": MESSAGES,
+        "temperature": 0.3,
+        "max_tokens": 50,
+        "seed": 7,
+    }
+    assert "seed" not in standin.requests[1]
+    assert standin.requests[1]["temperature"] == 0.0
+    assert "authorization" not in standin.headers[0]
+
+
+def test_bearer_key_sent_and_never_shown() -> None:
+    with serve_standin(["ok"], require_key=SECRET) as standin:
+        client = _client(standin.base_url, api_key=SECRET)
+        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "ok"
+        assert standin.headers[0]["authorization"] == f"Bearer {SECRET}"
+        assert SECRET not in repr(client) and SECRET not in str(client)
+
+        # A rejected key is echoed by the server (as OpenAI does); the error must not carry it.
+        wrong = "sk-wrong-key-fedcba9876543210"
+        bad = _client(standin.base_url, api_key=wrong)
+        with pytest.raises(LLMError) as info:
+            bad.complete(MESSAGES, temperature=0, max_tokens=4)
+    message = str(info.value)
+    assert "401" in message and "Incorrect API key" in message
+    assert wrong not in message and SECRET not in message
+    assert wrong not in repr(bad)
+    assert len(standin.requests) == 2  # 401 is not retried
+
+
+def test_from_env_reads_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISDIFF_TEST_KEY", SECRET)
+    monkeypatch.delenv("VISDIFF_ABSENT_KEY", raising=False)
+    with serve_standin(["keyed"], require_key=SECRET) as standin:
+        keyed = HTTPChatClient.from_env(standin.base_url, "m", "VISDIFF_TEST_KEY")
+        assert keyed.has_api_key
+        assert keyed.complete(MESSAGES, temperature=0, max_tokens=4) == "keyed"
+    keyless = HTTPChatClient.from_env("http://127.0.0.1:1/v1", "m", "VISDIFF_ABSENT_KEY")
+    assert not keyless.has_api_key
+
+
+def test_retries_503_then_succeeds() -> None:
+    with serve_standin(["recovered"]) as standin:
+        standin.fail_next(2, 503)
+        client = _client(standin.base_url, max_retries=2)
+        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "recovered"
+    assert len(standin.requests) == 3
+
+
+def test_gives_up_after_max_retries() -> None:
+    with serve_standin(["never"]) as standin:
+        standin.fail_next(5, 503)
+        client = _client(standin.base_url, max_retries=1)
+        with pytest.raises(LLMError, match=r"HTTP 503 after 2 attempt"):
+            client.complete(MESSAGES, temperature=0, max_tokens=4)
+    assert len(standin.requests) == 2
+
+
+def test_400_raises_with_server_message_without_retry() -> None:
+    with serve_standin(["unused"]) as standin:
+        client = _client(standin.base_url)
+        with pytest.raises(LLMError) as info:
+            client.complete([], temperature=0, max_tokens=4)
+    assert "HTTP 400" in str(info.value)
+    assert "messages must be a non-empty list" in str(info.value)
+    assert len(standin.requests) == 1
+
+
+def test_unusable_answers_raise() -> None:
+    with serve_standin(["unused"]) as standin:
+        client = _client(standin.base_url)
+        standin.respond_next({"id": "x", "object": "chat.completion", "choices": []})
+        with pytest.raises(LLMError, match="without choices"):
+            client.complete(MESSAGES, temperature=0, max_tokens=4)
+        refusal = {"index": 0, "message": {"role": "assistant", "content": None}}
+        standin.respond_next({"choices": [{**refusal, "finish_reason": "content_filter"}]})
+        with pytest.raises(LLMError, match="content_filter"):
+            client.complete(MESSAGES, temperature=0, max_tokens=4)
+        standin.respond_next("not an object")
+        with pytest.raises(LLMError, match="not an object"):
+            client.complete(MESSAGES, temperature=0, max_tokens=4)
+
+
+def test_connection_refused_names_the_url() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    client = _client(url, max_retries=1)
+    with pytest.raises(LLMError) as info:
+        client.complete(MESSAGES, temperature=0, max_tokens=4)
+    assert f"{url}/chat/completions" in str(info.value)
+    assert "2 attempt" in str(info.value)
+
+
+def test_bad_base_url_rejected() -> None:
+    with pytest.raises(LLMError, match="http"):
+        HTTPChatClient("localhost:8000/v1", "m")
+
+
+def test_client_survives_pickling_after_use() -> None:
+    """Clients travel into Ray tasks: the open HTTP connection pool must not."""
+    with serve_standin(["a", "b"]) as standin:
+        client = _client(standin.base_url, api_key="k")
+        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "a"
+        clone = pickle.loads(pickle.dumps(client))
+        assert clone.complete(MESSAGES, temperature=0, max_tokens=4) == "b"
+        assert standin.headers[1]["authorization"] == "Bearer k"

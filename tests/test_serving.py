@@ -1,0 +1,391 @@
+"""The LLM Serve app: protocol rules, the tiny engine, real HTTP against Serve, deployment YAMLs."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+
+from visdiff.config import LLMConfig
+from visdiff.errors import ConfigError, LLMError, ModelUnavailableError
+from visdiff.llm.client import HTTPChatClient
+from visdiff.llm.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+    ModelList,
+)
+
+DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
+SERVED = "visdiff-llm-test"
+MESSAGES = [
+    {"role": "system", "content": "You compare image sets."},
+    {"role": "user", "content": "Set A: a dog on grass. Set B: a cat on a sofa."},
+]
+
+
+def _request(**overrides) -> ChatCompletionRequest:
+    body = {"model": SERVED, "messages": MESSAGES, "max_tokens": 12, **overrides}
+    return ChatCompletionRequest.model_validate(body)
+
+
+# --- protocol ---------------------------------------------------------------------------------
+
+
+def test_request_defaults_and_unknown_fields_ignored() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": MESSAGES, "frequency_penalty": 0.5, "user": "x"}
+    )
+    assert (req.temperature, req.top_p, req.max_tokens) == (1.0, 1.0, None)
+    assert (req.seed, req.n, req.stream) == (None, 1, False)
+    assert not hasattr(req, "frequency_penalty")
+    assert _request(stop="END").stop_strings() == ["END"]
+    assert _request(stop=["a", "", "b"]).stop_strings() == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("override", "text"),
+    [
+        ({"messages": []}, "at least one message"),
+        ({"temperature": 2.5}, "temperature must lie in [0, 2]"),
+        ({"temperature": -0.1}, "temperature must lie in [0, 2]"),
+        ({"max_tokens": 0}, "max_tokens must be >= 1"),
+        ({"n": 2}, "n must be 1"),
+        ({"stream": True}, "stream must be false"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+    ],
+)
+def test_request_validation(override: dict, text: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        _request(**override)
+    assert text in str(info.value)
+
+
+def test_response_shape() -> None:
+    resp = ChatCompletionResponse.model_validate(
+        {
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+    )
+    dumped = resp.model_dump()
+    assert dumped["object"] == "chat.completion" and dumped["id"].startswith("chatcmpl-")
+    assert isinstance(dumped["created"], int)
+
+
+# --- model and engine -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from visdiff.serving.engines import TransformersChatEngine
+
+    return TransformersChatEngine("tiny", served_model_name=SERVED)
+
+
+def _template_bytes(messages: list[dict[str, str]]) -> int:
+    """The tiny model's tokenizer is byte level: one prompt token per UTF-8 byte."""
+    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
+    return len(text.encode("utf-8"))
+
+
+def test_engine_is_deterministic_for_a_seed(engine) -> None:
+    first = engine.chat(_request(temperature=0.9, seed=11, max_tokens=16))
+    again = engine.chat(_request(temperature=0.9, seed=11, max_tokens=16))
+    other = [engine.chat(_request(temperature=0.9, seed=s, max_tokens=16)) for s in (12, 13)]
+    text = first.choices[0].message.content
+    assert again.choices[0].message.content == text
+    assert any(o.choices[0].message.content != text for o in other)
+    assert first.model == SERVED and first.choices[0].message.role == "assistant"
+
+
+def test_engine_token_counts(engine) -> None:
+    resp = engine.chat(_request(temperature=0, max_tokens=10))
+    assert resp.usage is not None
+    assert resp.usage.prompt_tokens == _template_bytes(MESSAGES)
+    assert resp.usage.completion_tokens <= 10
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    expected = "length" if resp.usage.completion_tokens == 10 else "stop"
+    assert resp.choices[0].finish_reason == expected
+
+
+def test_greedy_matches_transformers_generate() -> None:
+    """Our cached decoding loop against transformers' own greedy search (the reference)."""
+    from visdiff.models.llm import encode_chat, generate_chat, load_chat_model
+
+    bundle = load_chat_model("tiny")
+    for content in ("hello", "Set A shows yoga; set B shows meditation."):
+        messages = [{"role": "user", "content": content}]
+        text, prompt_tokens, completion_tokens = generate_chat(
+            bundle, messages, temperature=0, max_tokens=20, seed=None
+        )
+        ids = encode_chat(bundle, messages)
+        reference = bundle.model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20
+        )[0, ids.shape[1] :]
+        assert prompt_tokens == ids.shape[1]
+        eos = bundle.tokenizer.eos_token_id
+        ref_tokens = [t for t in reference.tolist() if t != eos]
+        assert completion_tokens == len(ref_tokens)
+        assert text == bundle.tokenizer.decode(ref_tokens, skip_special_tokens=True)
+
+
+def test_stop_string_cuts_the_answer(engine) -> None:
+    full = engine.chat(_request(temperature=0, max_tokens=16)).choices[0].message.content
+    assert full, "the tiny model's greedy answer should not be empty"
+    stop = full[len(full) // 2 :][:2]
+    cut = engine.chat(_request(temperature=0, max_tokens=16, stop=[stop]))
+    assert cut.choices[0].message.content == full[: full.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+# --- Serve app over HTTP ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session):
+    from visdiff.serving.launch import start_llm_app, stop_llm_app
+
+    cfg = LLMConfig(
+        model="tiny",
+        served_model_name=SERVED,
+        http_port=_free_port(),
+        route_prefix="/visdiff-llm-test",
+        app_name="visdiff-llm-test",
+        num_cpus=1,
+        max_tokens=16,
+        timeout_s=60,
+    )
+    base_url = start_llm_app(cfg)
+    yield cfg, base_url
+    stop_llm_app(cfg)
+
+
+def test_app_answers_like_the_engine(served, engine) -> None:
+    from visdiff.serving.launch import chat_client_for
+
+    cfg, base_url = served
+    assert base_url.endswith("/visdiff-llm-test/v1") and str(cfg.http_port) in base_url
+    client = chat_client_for(cfg, base_url)
+    assert client.model == SERVED and not client.has_api_key
+    answer = client.complete(MESSAGES, temperature=0.8, max_tokens=12, seed=5)
+    local = engine.chat(_request(temperature=0.8, max_tokens=12, seed=5))
+    assert answer == local.choices[0].message.content  # same tiny weights, same seed
+
+    raw = httpx.post(
+        f"{base_url}/chat/completions",
+        json={"model": SERVED, "messages": MESSAGES, "max_tokens": 6, "temperature": 0},
+        timeout=60,
+    )
+    assert raw.status_code == 200
+    resp = ChatCompletionResponse.model_validate(raw.json())
+    assert resp.model == SERVED and resp.usage is not None
+    assert resp.usage.prompt_tokens == _template_bytes(MESSAGES)
+
+
+def test_app_lists_models_and_health(served) -> None:
+    cfg, base_url = served
+    models = ModelList.model_validate(httpx.get(f"{base_url}/models", timeout=10).json())
+    assert [m.id for m in models.data] == [SERVED]
+    assert models.data[0].root == "tiny"
+    health = httpx.get(base_url.removesuffix("/v1") + "/healthz", timeout=10)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+def test_app_wrong_model_is_404(served) -> None:
+    _, base_url = served
+    raw = httpx.post(
+        f"{base_url}/chat/completions", json={"model": "gpt-x", "messages": MESSAGES}, timeout=10
+    )
+    assert raw.status_code == 404
+    error = ErrorResponse.model_validate(raw.json()).error
+    assert error.code == "model_not_found" and "gpt-x" in error.message
+    with pytest.raises(LLMError, match="HTTP 404"):
+        HTTPChatClient(base_url, "gpt-x", max_retries=0).complete(
+            MESSAGES, temperature=0, max_tokens=4
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"model": SERVED, "messages": MESSAGES, "n": 3}, "n must be 1"),
+        ({"model": SERVED, "messages": MESSAGES, "temperature": 7}, "temperature"),
+        ({"model": SERVED}, "messages"),
+        ("not json at all", "not valid JSON"),
+    ],
+)
+def test_app_invalid_request_is_400(served, body, text: str) -> None:
+    _, base_url = served
+    url = f"{base_url}/chat/completions"
+    if isinstance(body, str):
+        raw = httpx.post(url, content=body, timeout=10)
+    else:
+        raw = httpx.post(url, json=body, timeout=10)
+    assert raw.status_code == 400
+    error = ErrorResponse.model_validate(raw.json()).error
+    assert text in error.message and error.type == "invalid_request_error"
+
+
+def test_app_prompt_over_context_is_400(served) -> None:
+    _, base_url = served
+    huge = [{"role": "user", "content": "x" * 33_000}]  # the tiny model's context is 32768
+    raw = httpx.post(
+        f"{base_url}/chat/completions", json={"model": SERVED, "messages": huge}, timeout=30
+    )
+    assert raw.status_code == 400
+    assert "context" in ErrorResponse.model_validate(raw.json()).error.message
+
+
+def test_app_serves_concurrent_requests(served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg, base_url = served
+    client = HTTPChatClient(base_url, SERVED, timeout_s=60)
+
+    def ask(seed: int) -> str:
+        return client.complete(MESSAGES, temperature=1.0, max_tokens=8, seed=seed)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(ask, [1, 2, 3]))
+    assert together == [ask(1), ask(2), ask(3)]  # per-request generators: no cross-talk
+
+
+def test_app_unknown_route_is_openai_error(served) -> None:
+    _, base_url = served
+    raw = httpx.get(f"{base_url}/nothing-here", timeout=10)
+    assert raw.status_code == 404
+    assert ErrorResponse.model_validate(raw.json()).error.type == "invalid_request_error"
+
+
+def test_start_reuses_a_running_app(served) -> None:
+    from ray import serve
+
+    from visdiff.serving.launch import start_llm_app
+
+    cfg, base_url = served
+    deployed_at = serve.status().applications[cfg.app_name].last_deployed_time_s
+    assert start_llm_app(cfg) == base_url
+    assert serve.status().applications[cfg.app_name].last_deployed_time_s == deployed_at
+
+
+def test_stop_removes_the_app(served) -> None:
+    """Runs last in this module: the fixture's own stop is then a no-op."""
+    from ray import serve
+
+    from visdiff.serving.launch import stop_llm_app
+
+    cfg, base_url = served
+    stop_llm_app(cfg)
+    assert cfg.app_name not in serve.status().applications
+    with pytest.raises(LLMError, match="HTTP 404"):
+        HTTPChatClient(base_url, SERVED, max_retries=0).complete(
+            MESSAGES, temperature=0, max_tokens=4
+        )
+
+
+# --- builders and deployment configs ----------------------------------------------------------
+
+
+def _vllm_args(**overrides):
+    from visdiff.serving.app import LLMAppArgs
+
+    base = {"engine": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct", "num_gpus": 1}
+    return LLMAppArgs.model_validate({**base, **overrides})
+
+
+def test_vllm_config_dict_is_a_valid_serve_llm_config() -> None:
+    from visdiff.serving.vllm_app import vllm_llm_config_dict
+
+    args = _vllm_args(
+        num_gpus=2,
+        num_cpus=4,
+        precision="bf16",
+        autoscaling={"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8},
+    )
+    config = vllm_llm_config_dict(args)
+    assert config["model_loading_config"] == {
+        "model_id": "visdiff-llm",
+        "model_source": "Qwen/Qwen2.5-7B-Instruct",
+    }
+    assert config["engine_kwargs"] == {"dtype": "bfloat16", "tensor_parallel_size": 2}
+    assert config["placement_group_config"]["bundle_per_worker"] == {"CPU": 2.0, "GPU": 1}
+    scaling = config["deployment_config"]["autoscaling_config"]
+    assert scaling == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8.0}
+    assert vllm_llm_config_dict(_vllm_args())["deployment_config"]["num_replicas"] == 1
+    try:  # Ray's own schema, where its module imports without vLLM
+        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig as RayLLMConfig
+    except ImportError:
+        return
+    ray_config = RayLLMConfig(**config)
+    assert ray_config.model_id == "visdiff-llm"
+    assert ray_config.engine_kwargs["tensor_parallel_size"] == 2
+
+
+@pytest.mark.parametrize("num_gpus", [0, 1.5])
+def test_vllm_needs_whole_gpus(num_gpus: float) -> None:
+    from visdiff.serving.vllm_app import vllm_llm_config_dict
+
+    with pytest.raises(ConfigError, match="num_gpus"):
+        vllm_llm_config_dict(_vllm_args(num_gpus=num_gpus))
+
+
+def test_vllm_engine_without_vllm_names_the_extra() -> None:
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed: the missing-extra error cannot happen")
+    from visdiff.serving.app import build_app
+
+    with pytest.raises(ModelUnavailableError, match=r"pip install 'visdiff\[gpu\]'"):
+        build_app(_vllm_args())
+
+
+def test_app_args_reject_typos_and_conflicts() -> None:
+    from visdiff.serving.app import LLMAppArgs
+
+    with pytest.raises(ValidationError, match="num_replica"):
+        LLMAppArgs.model_validate({"num_replica": 2})
+    with pytest.raises(ValidationError, match="either num_replicas or autoscaling"):
+        LLMAppArgs.model_validate({"num_replicas": 2, "autoscaling": {"max_replicas": 2}})
+    with pytest.raises(ValidationError, match="max_replicas"):
+        LLMAppArgs.model_validate({"autoscaling": {"min_replicas": 3, "max_replicas": 2}})
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOYMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_deployment_yaml_is_a_serve_config(path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from visdiff.serving.app import LLMAppArgs, build_app
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    assert schema.applications
+    for app in schema.applications:
+        module_name, _, attr = app.import_path.partition(":")
+        builder = getattr(importlib.import_module(module_name), attr)
+        assert builder is build_app
+        # Serve validates `args:` into the builder's annotated pydantic model, if it is a class.
+        assert inspect.signature(builder).parameters["args"].annotation is LLMAppArgs
+        args = LLMAppArgs.model_validate(app.args)
+        if args.engine == "transformers":
+            from ray.serve import Application
+
+            assert isinstance(build_app(args), Application)
+
+
+def test_deployment_yamls_cover_each_size() -> None:
+    names = {p.name for p in DEPLOYMENTS.glob("*.yaml")}
+    assert {"llm_tiny.yaml", "llm_cpu.yaml", "llm_vllm.yaml"} <= names

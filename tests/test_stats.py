@@ -1,0 +1,191 @@
+"""Ranking statistics against scikit-learn / scipy references, toy cases and properties."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+
+from visdiff.rank.stats import (
+    TTest,
+    auroc,
+    auroc_from_histograms,
+    correct_delta,
+    welch_t,
+    welch_t_from_moments,
+)
+
+
+def _sklearn_auroc(a: np.ndarray, b: np.ndarray) -> float:
+    labels = np.concatenate([np.ones(len(a)), np.zeros(len(b))])
+    return float(roc_auc_score(labels, np.concatenate([a, b])))
+
+
+def _random_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Different sizes and distributions: continuous, heavy ties, small discrete sets."""
+    rng = np.random.default_rng(seed)
+    n_a, n_b = rng.integers(2, 300, size=2)
+    kind = seed % 4
+    if kind == 0:
+        a, b = rng.normal(0.3, 1.0, n_a), rng.normal(0.0, 2.0, n_b)
+    elif kind == 1:
+        a, b = rng.integers(0, 5, n_a).astype(float), rng.integers(0, 4, n_b).astype(float)
+    elif kind == 2:
+        a = np.round(rng.uniform(-1, 1, n_a), 2)
+        b = np.round(rng.uniform(-1, 0.8, n_b), 2)
+    else:
+        a, b = rng.standard_t(3, n_a), rng.standard_t(3, n_b) + 0.2
+    return a, b
+
+
+SEEDS = list(range(60))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_auroc_matches_sklearn(seed: int) -> None:
+    a, b = _random_case(seed)
+    assert auroc(a, b) == pytest.approx(_sklearn_auroc(a, b), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_welch_t_matches_scipy(seed: int) -> None:
+    a, b = _random_case(seed)
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    got = welch_t(a, b)
+    assert got.t_stat == pytest.approx(float(ref.statistic), rel=1e-10, abs=1e-12)
+    assert got.p_value == pytest.approx(float(ref.pvalue), rel=1e-9, abs=1e-15)
+    assert got.df == pytest.approx(float(ref.df), rel=1e-10)
+
+
+def test_auroc_toy_cases() -> None:
+    assert auroc([3.0, 4.0], [1.0, 2.0]) == 1.0
+    assert auroc([1.0, 2.0], [3.0, 4.0]) == 0.0
+    assert auroc([0.5, 0.5, 0.5], [0.5, 0.5]) == 0.5
+    # One A above one B, one tie: (1 + 0.5) / 2.
+    assert auroc([2.0], [1.0, 2.0]) == 0.75
+    assert auroc([1], [0]) == 1.0  # integers accepted; single elements allowed for AUROC
+
+
+def test_auroc_and_t_properties() -> None:
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(0.2, 1, 50), np.round(rng.normal(0, 1, 80), 1)
+    assert auroc(b, a) == pytest.approx(1.0 - auroc(a, b), abs=1e-15)
+    assert welch_t(b, a).t_stat == pytest.approx(-welch_t(a, b).t_stat, rel=1e-14)
+    assert welch_t(b, a).p_value == pytest.approx(welch_t(a, b).p_value, rel=1e-14)
+    perm_a, perm_b = rng.permutation(a), rng.permutation(b)
+    assert auroc(perm_a, perm_b) == auroc(a, b)
+    assert welch_t(perm_a, perm_b).t_stat == pytest.approx(welch_t(a, b).t_stat, rel=1e-12)
+
+
+def test_auroc_is_exact_for_large_tied_samples() -> None:
+    # Integer accumulation of U: no rank round-off even with many ties.
+    a = np.repeat([0.0, 1.0], 100_000)
+    b = np.repeat([0.0, 1.0], [150_000, 50_000])
+    # pairs: A=1 beats B=0: 1e5*1.5e5; ties (0,0): 1e5*1.5e5/2; ties (1,1): 1e5*5e4/2.
+    expected = (1.5e10 + 0.75e10 + 0.25e10) / (2e5 * 2e5)
+    assert auroc(a, b) == expected
+
+
+def test_welch_t_from_moments_matches_samples() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1, 2, 40), rng.normal(0, 1, 70)
+    got = welch_t_from_moments(40, a.mean(), a.var(ddof=1), 70, b.mean(), b.var(ddof=1))
+    assert got == welch_t(a, b)
+    assert isinstance(got, TTest)
+
+
+def test_welch_t_degenerate_zero_variance_follows_scipy() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_diff = sps.ttest_ind([1.0, 1.0, 1.0], [2.0, 2.0], equal_var=False)
+        ref_same = sps.ttest_ind([1.0, 1.0, 1.0], [1.0, 1.0], equal_var=False)
+    diff = welch_t([1.0, 1.0, 1.0], [2.0, 2.0])
+    assert diff.t_stat == -np.inf and diff.p_value == 0.0 and diff.df == 1.0
+    assert (diff.t_stat, diff.p_value, diff.df) == (
+        ref_diff.statistic,
+        ref_diff.pvalue,
+        ref_diff.df,
+    )
+    same = welch_t([1.0, 1.0, 1.0], [1.0, 1.0])
+    assert np.isnan(same.t_stat) and np.isnan(same.p_value) and same.df == 1.0
+    assert np.isnan(ref_same.statistic) and np.isnan(ref_same.pvalue)
+    # One-sided zero variance is not degenerate.
+    one = welch_t([1.0, 1.0, 1.0], [1.0, 2.0, 4.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns about the constant sample
+        ref_one = sps.ttest_ind([1.0, 1.0, 1.0], [1.0, 2.0, 4.0], equal_var=False)
+    assert one.t_stat == pytest.approx(ref_one.statistic) and one.df == pytest.approx(ref_one.df)
+
+
+def test_ttest_rejects_bool_fields() -> None:
+    with pytest.raises(TypeError, match="t_stat"):
+        TTest(t_stat=True, p_value=0.5, df=3.0)
+
+
+def test_correct_delta() -> None:
+    a = np.array([0.1, 0.3, 0.5, 0.7])
+    b = np.array([0.2, 0.25, 0.6])
+    # threshold 0.3 is strict: A has 0.5, 0.7 above (2/4); B has 0.6 (1/3).
+    assert correct_delta(a, b, threshold=0.3) == pytest.approx(0.5 - 1 / 3)
+    assert correct_delta(b, a, threshold=0.3) == pytest.approx(1 / 3 - 0.5)
+    assert correct_delta(a, b, threshold=1.0) == 0.0
+    with pytest.raises(TypeError):
+        correct_delta(a, b, 0.3)  # type: ignore[misc]  # threshold is keyword-only
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: auroc([[1.0, 2.0]], [1.0]), "scores_a"),
+        (lambda: auroc([1.0], []), "scores_b"),
+        (lambda: auroc([1.0, np.nan], [1.0]), "scores_a"),
+        (lambda: auroc([1.0], [np.inf]), "scores_b"),
+        (lambda: auroc(["x"], [1.0]), "scores_a"),
+        (lambda: auroc([True, False], [1.0]), "scores_a"),
+        (lambda: welch_t([1.0], [1.0, 2.0]), "scores_a"),
+        (lambda: welch_t([1.0, 2.0], [3.0]), "scores_b"),
+        (lambda: welch_t(np.ones((2, 2)), [1.0, 2.0]), "scores_a"),
+        (lambda: welch_t_from_moments(1, 0.0, 1.0, 5, 0.0, 1.0), "n_a"),
+        (lambda: welch_t_from_moments(5, 0.0, -1.0, 5, 0.0, 1.0), "var_a"),
+        (lambda: welch_t_from_moments(5, 0.0, 1.0, 5, np.nan, 1.0), "mean_b"),
+        (lambda: welch_t_from_moments(5, 0.0, 1.0, True, 0.0, 1.0), "n_b"),
+        (lambda: correct_delta([1.0], [1.0], threshold=np.nan), "threshold"),
+        (lambda: auroc_from_histograms([1, 2], [1, 2, 3]), "hist_a and hist_b"),
+        (lambda: auroc_from_histograms([1, -2], [1, 2]), "hist_a"),
+        (lambda: auroc_from_histograms([1, 2], [0, 0]), "hist_b"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_argument(call, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+def test_auroc_from_histograms_toy_and_bound() -> None:
+    # Disjoint bins: exact, no uncertainty.
+    assert auroc_from_histograms([0, 0, 3], [2, 1, 0]) == (1.0, 0.0)
+    # Everything in one bin: estimate 0.5, bound 0.5 (truth can be anywhere in [0, 1]).
+    assert auroc_from_histograms([4], [7]) == (0.5, 0.5)
+    est, bound = auroc_from_histograms([1, 1], [1, 1])
+    assert est == 0.5 and bound == pytest.approx(0.5 * (0.25 + 0.25))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_histogram_auroc_within_bound_and_bound_is_attainable(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(0.1, 0.3, 200), rng.normal(0.0, 0.3, 150)
+    edges = np.linspace(-2, 2, 17)
+    hist_a, hist_b = np.histogram(a, edges)[0], np.histogram(b, edges)[0]
+    est, bound = auroc_from_histograms(hist_a, hist_b)
+    assert abs(est - _sklearn_auroc(a, b)) <= bound
+    # Worst case: put every A above every B inside each shared bin -> error equals the bound.
+    centers = (edges[:-1] + edges[1:]) / 2
+    worst_a = np.repeat(centers + 0.01, hist_a)
+    worst_b = np.repeat(centers - 0.01, hist_b)
+    assert _sklearn_auroc(worst_a, worst_b) - est == pytest.approx(bound, abs=1e-12)
+    # Float counts (e.g. weights) give the same answer as integer counts.
+    assert auroc_from_histograms(hist_a.astype(float), hist_b.astype(float)) == pytest.approx(
+        (est, bound), abs=1e-14
+    )

@@ -1,0 +1,198 @@
+"""Fail fast, before Ray or any weights load, when a configured model cannot be obtained.
+
+A model is available when it is "tiny", a local folder/file, already in the local Hugging Face
+cache, or (when the hub is not switched off) answered for by the hub within a short timeout.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from visdiff.config import DescribeConfig
+from visdiff.errors import ModelUnavailableError
+
+TINY = "tiny"
+HUB_TIMEOUT_S = 10.0
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+_TRUE = {"1", "true", "yes", "on"}
+# open_clip's default weight file names on the hub (safetensors preferred, as open_clip does).
+_OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def hub_offline() -> bool:
+    """Read at call time (huggingface_hub reads it once at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _fix(key: str) -> str:
+    where = "a local checkpoint file" if key == "clip.pretrained" else "a local folder"
+    return f"use models=tiny to run offline, or download the weights / point {key} at {where}"
+
+
+def _unavailable(
+    role: str, model_id: str, key: str, preset: str, why: str
+) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"{role} model '{model_id}' ({key}, preset models={preset}) is unavailable: {why}. "
+        f"Fix: {_fix(key)}"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _in_hf_cache(repo_id: str, filenames: tuple[str, ...]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        try:
+            found = try_to_load_from_cache(repo_id, filename)
+        except Exception:  # malformed repo ids are simply "not cached"
+            return False
+        if isinstance(found, str):
+            return True
+    return False
+
+
+def _ask_hub(repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    # HF_ENDPOINT is read now (not at import) so a mirror set by the caller is honoured.
+    HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(repo_id, timeout=HUB_TIMEOUT_S)
+
+
+def check_hub_repo(
+    role: str,
+    repo_id: str,
+    key: str,
+    preset: str,
+    *,
+    cached_files: tuple[str, ...] = ("config.json",),
+    label: str | None = None,
+) -> None:
+    """A hub repo passes when one of `cached_files` is cached, or the hub answers for it."""
+    if _in_hf_cache(repo_id, cached_files):
+        return
+    name = label or repo_id
+    if hub_offline():
+        raise _unavailable(role, name, key, preset, "not cached and HF_HUB_OFFLINE is set")
+    try:
+        _ask_hub(repo_id)
+    except Exception as exc:
+        raise _unavailable(
+            role, name, key, preset, f"not cached, hub unreachable: {_short(exc)}"
+        ) from None
+
+
+def check_model_available(role: str, model_id: str, key: str, preset: str = "?") -> None:
+    """transformers-style model ids: "tiny", a local folder, or a hub id."""
+    if model_id == TINY:
+        return
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return
+    if path.is_absolute() or model_id.startswith((".", "~")) or path.exists():
+        raise _unavailable(role, model_id, key, preset, f"'{path}' is not an existing folder")
+    check_hub_repo(role, model_id, key, preset)
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith((".", "~")) or Path(value).suffix != ""
+
+
+def check_clip_available(arch: str, pretrained: str | None, preset: str) -> None:
+    """open_clip names: built-in / bundled arch + tag or checkpoint, `hf-hub:` or `local-dir:`."""
+    import open_clip
+
+    from visdiff.models.clip import register_bundled_configs
+
+    role = "CLIP"
+    if arch.startswith(HF_HUB_PREFIX):
+        repo = arch[len(HF_HUB_PREFIX) :]
+        check_hub_repo(role, repo, "clip.arch", preset, cached_files=("open_clip_config.json",))
+        return
+    if arch.startswith(LOCAL_DIR_PREFIX):
+        folder = Path(arch[len(LOCAL_DIR_PREFIX) :]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise _unavailable(
+                role, arch, "clip.arch", preset, f"'{folder}/open_clip_config.json' does not exist"
+            )
+        return
+    register_bundled_configs()
+    known = open_clip.list_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        raise ModelUnavailableError(
+            f"CLIP architecture '{arch}' (clip.arch, preset models={preset}) is not an open_clip "
+            f"model.{hint} See open_clip.list_models(), or use models=tiny to run offline."
+        )
+    if not pretrained or pretrained == TINY:
+        return  # random init: nothing to fetch
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if tag_cfg:
+        _check_clip_tag(arch, pretrained, tag_cfg, preset)
+        return
+    if _looks_like_path(pretrained):
+        if not Path(pretrained).expanduser().is_file():
+            raise _unavailable(
+                role, pretrained, "clip.pretrained", preset, "checkpoint file does not exist"
+            )
+        return
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    raise ModelUnavailableError(
+        f"CLIP weights '{pretrained}' (clip.pretrained, preset models={preset}) are neither an "
+        f"open_clip tag of '{arch}' nor an existing checkpoint file. Tags of '{arch}': "
+        f"{', '.join(tags) or 'none'}. Fix: {_fix('clip.pretrained')}"
+    )
+
+
+def _check_clip_tag(arch: str, tag: str, tag_cfg: dict, preset: str) -> None:
+    model_id = f"{arch} pretrained={tag}"
+    if tag_cfg.get("file"):
+        if not Path(tag_cfg["file"]).is_file():
+            raise _unavailable("CLIP", model_id, "clip.pretrained", preset, "file missing")
+        return
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        # open_clip's convention: "org/repo/" means its default weight file, else "org/repo/file".
+        if hub.endswith("/"):
+            repo, files = hub.rstrip("/"), _OPEN_CLIP_WEIGHTS
+        else:
+            repo, filename = os.path.split(hub)
+            files = (f"{os.path.splitext(filename)[0]}.safetensors", filename)
+        label = f"{model_id} (hub repo {repo})"
+        check_hub_repo("CLIP", repo, "clip.pretrained", preset, cached_files=files, label=label)
+        return
+    url = tag_cfg.get("url", "")
+    cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+    if url and cached.is_file():
+        return
+    if hub_offline():
+        raise _unavailable(
+            "CLIP", model_id, "clip.pretrained", preset, "not cached and HF_HUB_OFFLINE is set"
+        )
+    try:
+        import httpx
+
+        httpx.head(url, timeout=HUB_TIMEOUT_S, follow_redirects=True).raise_for_status()
+    except Exception as exc:
+        raise _unavailable(
+            "CLIP", model_id, "clip.pretrained", preset, f"not cached, unreachable: {_short(exc)}"
+        ) from None
+
+
+def check_models_available(config: DescribeConfig) -> None:
+    """Raise ModelUnavailableError for the first model of the run that cannot be obtained."""
+    preset = config.models
+    check_clip_available(config.clip.arch, config.clip.pretrained, preset)
+    if config.caption.source != "manifest":  # manifest captions never load the captioner
+        check_model_available("captioner", config.captioner.model, "captioner.model", preset)
+    if config.llm.backend == "serve":
+        check_model_available("LLM", config.llm.model, "llm.model", preset)

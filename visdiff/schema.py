@@ -1,0 +1,31 @@
+"""Column names shared by the sources, the stages and the run-folder writers."""
+
+# Image rows flowing through Ray Data.
+ID = "id"  # stable image id: "<set>/<relative path or key>"
+SET = "set"  # "a" or "b"
+URI = "uri"  # local path or s3:// URI of the encoded image
+CAPTION = "caption"  # caption from the manifest ("" when absent)
+IMAGE_BYTES = "image_bytes"
+PIXELS = "pixels"  # preprocessed float32 tensor (C, H, W)
+ERROR = "error"  # "" when the row is fine, else "<reason>: <detail>"
+EMBEDDING = "embedding"  # L2-normalised float32 vector
+GENERATED_CAPTION = "generated_caption"
+
+SET_A = "a"
+SET_B = "b"
+SETS = (SET_A, SET_B)
+
+# Ranked table columns (ranked.json / ranked.parquet), best first.
+RANKED_COLUMNS = (
+    "rank",
+    "hypothesis",
+    "auroc",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "t_stat",
+    "p_value",
+    "correct_delta",
+    "n_a",
+    "n_b",
+)

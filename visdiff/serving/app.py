@@ -1,0 +1,194 @@
+"""Ray Serve application hosting the proposer LLM behind OpenAI's chat-completions API.
+
+Routes (below the app's route prefix): POST /v1/chat/completions, GET /v1/models, GET /healthz.
+Every error answers in OpenAI's `{"error": {...}}` shape with a meaningful status (400 invalid
+request, 404 unknown model or route, 500 engine failure), so any OpenAI client reports it well.
+
+Deploy from Python with `serve.run(build_app(LLMAppArgs(...)))` or from a Serve config whose
+`import_path` is `visdiff.serving.app:build_app` (see deployments/*.yaml).
+"""
+
+# No `from __future__ import annotations` here: Serve reads build_app's parameter annotation at
+# runtime to validate YAML `args:` into LLMAppArgs, and FastAPI reads the route signatures.
+
+import asyncio
+import json
+import logging
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from visdiff.errors import InputError
+from visdiff.llm.protocol import (
+    ChatCompletionRequest,
+    ErrorInfo,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "VisdiffLLM"
+
+
+class AutoscalingArgs(BaseModel):
+    """Serve autoscaling: replicas follow the number of requests in flight per replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingArgs":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"autoscaling.max_replicas ({self.max_replicas}) must be >= "
+                f"min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class LLMAppArgs(BaseModel):
+    """Typed `args:` of the Serve application (unknown keys are rejected to catch typos)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["transformers", "vllm"] = "transformers"
+    model: str = "tiny"  # hub id, local folder, or "tiny" (random init, offline)
+    served_model_name: str = "visdiff-llm"  # the `model` clients must send
+    num_replicas: int | None = Field(None, ge=1)  # fixed size; default 1 without autoscaling
+    autoscaling: AutoscalingArgs | None = None
+    max_ongoing_requests: int = Field(4, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> "LLMAppArgs":
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("give either num_replicas or autoscaling, not both")
+        return self
+
+
+def deployment_options(args: LLMAppArgs) -> dict[str, Any]:
+    """Serve deployment options for the transformers engine."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+    }
+    if args.autoscaling is not None:
+        options["autoscaling_config"] = args.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = args.num_replicas or 1
+    return options
+
+
+def _error(
+    status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code))
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+    parts = []
+    first_param: str | None = None
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        first_param = first_param or loc or None
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request", first_param
+
+
+fastapi_app = FastAPI(title="visdiff LLM", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    message, param = _validation_message(exc)
+    return _error(400, message, "invalid_request_error", param=param)
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _error(exc.status_code, str(exc.detail), kind)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(fastapi_app)
+class LLMDeployment:
+    """One replica = one engine. Generation runs in a worker thread so that health checks and
+    /v1/models stay responsive and a few requests can be in flight at once."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        from visdiff.serving.engines import TransformersChatEngine
+
+        self._args = LLMAppArgs.model_validate(args)
+        self._engine = TransformersChatEngine(
+            self._args.model,
+            num_gpus=self._args.num_gpus,
+            precision=self._args.precision,
+            served_model_name=self._args.served_model_name,
+        )
+
+    @fastapi_app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @fastapi_app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        card = ModelCard(id=self._args.served_model_name, root=self._args.model)
+        return ModelList(data=[card]).model_dump()
+
+    @fastapi_app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> JSONResponse:
+        try:
+            payload = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"request body is not valid JSON: {exc}", "invalid_request_error")
+        if not isinstance(payload, dict):
+            return _error(400, "request body must be a JSON object", "invalid_request_error")
+        try:
+            chat_request = ChatCompletionRequest.model_validate(payload)
+        except ValidationError as exc:
+            message, param = _validation_message(exc)
+            return _error(400, message, "invalid_request_error", param=param)
+        served = self._args.served_model_name
+        if chat_request.model != served:
+            return _error(
+                404,
+                f"The model '{chat_request.model}' does not exist; this server serves '{served}'",
+                "invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
+        try:
+            response = await asyncio.to_thread(self._engine.chat, chat_request)
+        except InputError as exc:
+            return _error(400, str(exc), "invalid_request_error", param="messages")
+        except Exception as exc:  # the engine's failure must reach the client as a 500
+            logger.exception("generation failed")
+            return _error(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+        return JSONResponse(content=response.model_dump())
+
+
+def build_app(args: LLMAppArgs) -> Application:
+    """Serve application builder (typed args: Serve validates YAML `args:` into LLMAppArgs)."""
+    if isinstance(args, dict):
+        args = LLMAppArgs.model_validate(args)
+    if args.engine == "vllm":
+        from visdiff.serving.vllm_app import build_vllm_app
+
+        return build_vllm_app(args)
+    return LLMDeployment.options(**deployment_options(args)).bind(args.model_dump())

@@ -1,0 +1,69 @@
+"""vLLM engine through Ray Serve LLM (`ray.serve.llm`): the GPU path of the same OpenAI API.
+
+`ray.serve.llm` refuses to import without vLLM, so it is imported only inside `build_vllm_app`;
+`vllm_llm_config_dict` is the pure translation of our args into its `LLMConfig` fields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from visdiff.errors import ConfigError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+    from visdiff.serving.app import LLMAppArgs
+
+_VLLM_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def vllm_llm_config_dict(args: LLMAppArgs) -> dict[str, Any]:
+    """`ray.serve.llm.LLMConfig` fields for our args.
+
+    A replica shards the model over `num_gpus` GPUs (tensor parallelism), one engine worker per
+    GPU; the replica's `num_cpus` are split evenly over those workers.
+    """
+    if args.num_gpus < 1:
+        raise ConfigError(
+            f"engine vllm needs at least one whole GPU per replica, got num_gpus={args.num_gpus}; "
+            "set llm.num_gpus=1 (or more for tensor parallelism) or use engine transformers"
+        )
+    if args.num_gpus != int(args.num_gpus):
+        raise ConfigError(
+            f"engine vllm shards a model over whole GPUs; num_gpus={args.num_gpus} is fractional"
+        )
+    deployment_config: dict[str, Any] = {"max_ongoing_requests": args.max_ongoing_requests}
+    if args.autoscaling is not None:
+        deployment_config["autoscaling_config"] = args.autoscaling.model_dump()
+    else:
+        deployment_config["num_replicas"] = args.num_replicas or 1
+    tensor_parallel = int(args.num_gpus)
+    return {
+        "model_loading_config": {
+            "model_id": args.served_model_name,
+            "model_source": args.model,
+        },
+        "engine_kwargs": {
+            "dtype": _VLLM_DTYPES[args.precision],
+            "tensor_parallel_size": tensor_parallel,
+        },
+        "placement_group_config": {
+            "bundle_per_worker": {"CPU": args.num_cpus / tensor_parallel, "GPU": 1},
+        },
+        "deployment_config": deployment_config,
+    }
+
+
+def build_vllm_app(args: LLMAppArgs) -> Application:
+    """OpenAI-compatible Serve app (router + vLLM servers) built by `ray.serve.llm`."""
+    config = vllm_llm_config_dict(args)
+    try:
+        from ray.serve.llm import LLMConfig, build_openai_app
+    except ImportError as exc:
+        raise ModelUnavailableError(
+            "engine vllm needs the gpu extra: pip install 'visdiff[gpu]' (installs ray[llm] with "
+            "vLLM; Linux with a CUDA GPU), or set llm.engine=transformers "
+            f"(import failed: {exc})"
+        ) from None
+    return build_openai_app({"llm_configs": [LLMConfig(**config)]})

@@ -1,0 +1,158 @@
+"""Byte access for local paths and object-store URIs behind one small API.
+
+Local paths use the OS directly (fast, relative paths work); anything with a scheme goes through
+`pyarrow.fs`. Filesystem objects are cached per (scheme, bucket) because creating an S3 client
+is slow and every Ray worker reads many objects from the same bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+
+_cache: dict[tuple[str, str], FileSystem] | None = None  # created on first remote access
+_cache_lock = threading.Lock()
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs with a scheme other than file:// (s3://bucket/key, gs://..., ...)."""
+    scheme = urlsplit(uri).scheme
+    # One-letter "schemes" are Windows drive letters, not URIs.
+    return len(scheme) > 1 and scheme != "file"
+
+
+def local_path(uri: str) -> str:
+    """The OS path of a local URI (strips file://)."""
+    if uri.startswith("file://"):
+        return urlsplit(uri).path
+    return uri
+
+
+def _s3_filesystem(bucket: str) -> FileSystem:
+    """S3 client configured from the standard AWS environment.
+
+    pyarrow does not read AWS_ENDPOINT_URL(_S3) itself, so the endpoint (MinIO, moto, ...) is
+    passed explicitly; credentials come from the AWS SDK's default chain.
+    """
+    from pyarrow import fs as pafs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    kwargs: dict[str, object] = {}
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
+        kwargs["scheme"] = parts.scheme or "https"
+        kwargs["region"] = region or "us-east-1"
+    elif region:
+        kwargs["region"] = region
+    else:
+        try:  # the bucket's own region avoids redirects on real AWS
+            kwargs["region"] = pafs.resolve_s3_region(bucket)
+        except OSError:
+            pass
+    return pafs.S3FileSystem(**kwargs)
+
+
+_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # paths inside these filesystems are "bucket/key"
+
+
+def _remote(uri: str) -> tuple[FileSystem, str]:
+    """(filesystem, path inside it) for a remote URI, reusing cached filesystems."""
+    global _cache
+    from pyarrow import fs as pafs
+
+    parts = urlsplit(uri)
+    scheme, bucket = parts.scheme, parts.netloc
+    if scheme not in _BUCKET_SCHEMES:  # hdfs://, ...: let pyarrow parse host and path each time
+        return pafs.FileSystem.from_uri(uri)
+    key = (scheme, bucket)
+    with _cache_lock:
+        if _cache is None:
+            _cache = {}
+        filesystem = _cache.get(key)
+        if filesystem is None:
+            if scheme in ("s3", "s3a"):
+                filesystem = _s3_filesystem(bucket)
+            else:
+                filesystem, _ = pafs.FileSystem.from_uri(uri)
+            _cache[key] = filesystem
+    return filesystem, f"{bucket}{parts.path}".rstrip("/")
+
+
+def _join_uri(uri: str, path: str) -> str:
+    """Rebuild a URI of the same scheme for a path returned by the filesystem."""
+    parts = urlsplit(uri)
+    if parts.scheme in _BUCKET_SCHEMES:
+        return f"{parts.scheme}://{path}"
+    return f"{parts.scheme}://{parts.netloc}/{path.lstrip('/')}"
+
+
+def read_bytes(uri: str) -> bytes:
+    """All bytes of a file; raises OSError (FileNotFoundError, ...) when it cannot be read."""
+    if not is_remote(uri):
+        with open(local_path(uri), "rb") as handle:
+            return handle.read()
+    filesystem, path = _remote(uri)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def exists(uri: str) -> bool:
+    if not is_remote(uri):
+        return os.path.exists(local_path(uri))
+    from pyarrow import fs as pafs
+
+    filesystem, path = _remote(uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    if not is_remote(uri):
+        return os.path.isdir(local_path(uri))
+    from pyarrow import fs as pafs
+
+    filesystem, path = _remote(uri)
+    return filesystem.get_file_info(path).type == pafs.FileType.Directory
+
+
+def is_file(uri: str) -> bool:
+    """True for an existing regular file (one stat locally)."""
+    if not is_remote(uri):
+        try:
+            return stat.S_ISREG(os.stat(local_path(uri)).st_mode)
+        except (OSError, ValueError):
+            return False
+    from pyarrow import fs as pafs
+
+    filesystem, path = _remote(uri)
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def list_files(uri: str, *, recursive: bool = True) -> list[str]:
+    """Sorted paths/URIs of the regular files under a folder (same form as `uri`).
+
+    Local symlinks to files are listed; symlinked folders are not followed (avoids loops).
+    """
+    if not is_remote(uri):
+        root = local_path(uri)
+        found: list[str] = []
+        if recursive:
+            for folder, _dirs, names in os.walk(root):
+                found.extend(os.path.join(folder, name) for name in names)
+        else:
+            with os.scandir(root) as entries:
+                found.extend(e.path for e in entries if e.is_file())
+        return sorted(p for p in found if os.path.isfile(p))
+    from pyarrow import fs as pafs
+
+    filesystem, path = _remote(uri)
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=False)
+    infos = filesystem.get_file_info(selector)
+    return sorted(_join_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)

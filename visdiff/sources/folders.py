@@ -1,0 +1,87 @@
+"""Two folders of images, one per set: every image file below each folder, recursively.
+
+Files are sorted by relative path so the same folders always give the same records (and the
+same seeded samples downstream); hidden files and folders (".name") are skipped because they
+are editor, OS or sync leftovers, never intended inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import TYPE_CHECKING
+
+from visdiff.errors import InputError
+from visdiff.schema import SET_A, SET_B
+from visdiff.sources import filesystem
+from visdiff.sources.records import ImageRecord, ImageSets, one_line, register_reader
+
+if TYPE_CHECKING:
+    from visdiff.config import DataConfig
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _relative(path: str, root: str) -> str:
+    if filesystem.is_remote(root):
+        return path[len(root.rstrip("/")) + 1 :]
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def folder_name(folder: str) -> str:
+    """The folder's own name ("images" for /data/images/), used as the set's display name."""
+    if filesystem.is_remote(folder):
+        return posixpath.basename(folder.rstrip("/")) or folder
+    path = os.path.abspath(filesystem.local_path(folder))
+    return os.path.basename(path) or path
+
+
+def list_folder(folder: str, set_name: str, key: str) -> list[ImageRecord]:
+    """Records for the image files under `folder`; InputError naming `key` when unusable."""
+    if not filesystem.exists(folder):
+        raise InputError(f"{key} folder '{folder}' does not exist; pass an existing image folder")
+    if not filesystem.is_dir(folder):
+        raise InputError(
+            f"{key} '{folder}' is a file, not a folder; pass the folder holding the images "
+            "(or list files in data.manifest)"
+        )
+    # Absolute local paths: Ray workers may run in another working directory.
+    remote = filesystem.is_remote(folder)
+    root = folder if remote else os.path.abspath(filesystem.local_path(folder))
+    try:
+        paths = filesystem.list_files(root, recursive=True)
+    except OSError as exc:
+        raise InputError(f"{key} folder '{folder}' cannot be listed: {one_line(exc)}") from None
+    records = []
+    for path in paths:
+        rel = _relative(path, root)
+        if any(part.startswith(".") for part in rel.split("/")) or not is_image_name(rel):
+            continue
+        records.append((rel, path))
+    records.sort()
+    if not records:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise InputError(
+            f"{key} folder '{folder}' holds no image files ({extensions}); "
+            "point it at the folder that contains the images"
+        )
+    return [ImageRecord(f"{set_name}/{rel}", set_name, path) for rel, path in records]
+
+
+@register_reader("folders")
+def load_folders(data: DataConfig) -> ImageSets:
+    """Sets A and B from data.set_a and data.set_b."""
+    for key, folder in (("data.set_a", data.set_a), ("data.set_b", data.set_b)):
+        if not folder:
+            raise InputError(f"{key} is not set; give one image folder per set")
+    set_a, set_b = str(data.set_a), str(data.set_b)
+    return ImageSets(
+        a=list_folder(set_a, SET_A, "data.set_a"),
+        b=list_folder(set_b, SET_B, "data.set_b"),
+        name_a=folder_name(set_a),
+        name_b=folder_name(set_b),
+    )
