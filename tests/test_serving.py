@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import socket
 from pathlib import Path
 
 import httpx
@@ -151,20 +150,14 @@ def test_stop_string_cuts_the_answer(engine) -> None:
 # --- Serve app over HTTP ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(ray_session):
+def served(ray_session, serve_http_port):
     from visdiff.serving.launch import start_llm_app, stop_llm_app
 
     cfg = LLMConfig(
         model="tiny",
         served_model_name=SERVED,
-        http_port=_free_port(),
+        http_port=serve_http_port,  # Serve binds one port per Ray instance
         route_prefix="/visdiff-llm-test",
         app_name="visdiff-llm-test",
         num_cpus=1,

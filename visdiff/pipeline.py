@@ -95,6 +95,7 @@ def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None =
 
     metrics = None
     with ray_runtime(config.ray), ThreadPoolExecutor(max_workers=2) as background:
+        _warm_up_ray()
 
         def run_embedding():
             with timer("embed_images"):
@@ -153,6 +154,15 @@ def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None =
         ),
     )
     return RunResult(run_dir, ranked, stats, metrics)
+
+
+def _warm_up_ray() -> None:
+    """Create Ray's serialisation context and import Ray Data on this thread first: doing it for
+    the first time in two threads at once races inside Ray's pydantic compatibility imports."""
+    import ray
+    import ray.data  # noqa: F401
+
+    ray.get(ray.put(0))
 
 
 def _evaluate(
