@@ -88,8 +88,10 @@ def test_input_modes_are_checked():
         load_config(None, ["data.manifest=m.csv"])
     with pytest.raises(ConfigError, match="exclude"):
         load_config(None, [*FOLDERS, "data.manifest=m.csv", "data.group_a=x", "data.group_b=y"])
-    with pytest.raises(ConfigError, match="caption.source=manifest"):
-        load_config(None, [*FOLDERS, "caption.source=manifest"])
+    with pytest.raises(ConfigError, match="data.set_a"):
+        load_config(None, ["data.set_a=[]", "data.set_b=/tmp/b"])
+    cfg = load_config(None, ["data.set_a=[/s/0.tar,/s/1.tar]", "data.set_b=/tmp/b"])
+    assert cfg.data.set_a == ["/s/0.tar", "/s/1.tar"]
 
 
 def test_bad_override_syntax_and_missing_file(tmp_path):

@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="make a small demo dataset and describe it (tiny models)")
     demo.add_argument("--root", type=Path, default=Path("runs/demo"), help="demo data + run folder")
     demo.add_argument("overrides", nargs="*", help="key=value overrides")
+    embed = sub.add_parser("embed", help="fill the embedding cache (cache.root) for both sets")
+    embed.add_argument("--config", type=Path, help="experiment YAML (over configs/base.yaml)")
+    embed.add_argument("overrides", nargs="*", help="key=value overrides")
     sub.add_parser("keys", help="list every config key")
     return parser
 
@@ -48,7 +51,7 @@ def _print_summary(result, top_n: int) -> None:
         print(f"Evaluation: Acc@1 {m['acc@1']:.2f}  Acc@5 {m['acc@5']:.2f}  Acc@N {m['acc@N']:.2f}")
     skipped = len(result.stats.get("skipped", []))
     print(f"Skipped images: {skipped} (reasons in stats.json)")
-    print(f"Run folder: {result.run_dir.resolve()}")
+    print(f"Run folder: {result.run_dir}")
 
 
 def run_describe(config: DescribeConfig) -> int:
@@ -56,6 +59,22 @@ def run_describe(config: DescribeConfig) -> int:
 
     result = describe(config, progress=log.info)
     _print_summary(result, config.report.top_n_print)
+    return 0
+
+
+def run_embed(config: DescribeConfig) -> int:
+    from visdiff.errors import ConfigError
+    from visdiff.pipeline import embed
+
+    if not config.cache.root:
+        raise ConfigError("visdiff embed needs cache.root (a local folder or s3:// prefix)")
+    stats = embed(config, progress=log.info)
+    cache = stats["cache"]
+    print(
+        f"Embedded {sum(stats['images'].values())} images into {cache['root']}: "
+        f"{cache['misses']} computed, {cache['hits']} already cached, "
+        f"{len(stats['skipped'])} skipped"
+    )
     return 0
 
 
@@ -78,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 *args.overrides,
             ]
             return run_describe(load_config(None, overrides, base_file=_default_base()))
+        if args.command == "embed":
+            return run_embed(load_config(args.config, args.overrides))
         return run_describe(load_config(args.config, args.overrides))
     except VisdiffError as exc:
         message = " ".join(str(exc).split())  # always one line

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from visdiff.errors import ConfigError
@@ -22,10 +22,14 @@ class DataConfig:
     manifest: str | None = None  # CSV / Parquet / JSONL with columns path, group_name[, caption]
     group_a: str | None = None  # group_name of set A in the manifest
     group_b: str | None = None  # group_name of set B in the manifest
-    set_a: str | None = None  # folder of set A images (instead of a manifest)
-    set_b: str | None = None  # folder of set B images
-    max_num_samples: int = 5000  # per-set cap on images ranked (seeded sample above it)
-    num_blocks: int = 0  # Ray Data blocks per set; 0 lets the program choose
+    # set_a / set_b: a folder or prefix (local or s3://), or shards: a WebDataset .tar / Parquet
+    # file, a glob, a brace pattern ("s3://b/laion/{00000..00999}.tar") or a list of these.
+    set_a: Any = None
+    set_b: Any = None
+    image_column: str = "auto"  # Parquet shards: column with the encoded image bytes
+    caption_column: str = "auto"  # Parquet shards: alt-text column ("auto" tries common names)
+    max_num_samples: int = 5000  # per-set cap on images ranked (seeded); 0 = every image
+    num_blocks: int = 0  # Ray Data blocks per set (folders/manifests); 0 lets the program choose
 
 
 @dataclass
@@ -35,6 +39,7 @@ class ClipConfig:
     precision: str = "fp32"  # fp32 | fp16 | bf16 (fp16/bf16 only on GPU)
     batch_size: int = 32
     num_actors: int = 1  # actor-pool size of the embedding stage
+    num_decoders: int = 1  # actor-pool size of the decode + preprocess stage (CPU)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
@@ -76,7 +81,9 @@ class LLMConfig:
 
 @dataclass
 class CaptionConfig:
-    source: str = "model"  # model | manifest (caption column only) | auto (manifest, else model)
+    # model: run the captioner | manifest: the input's own captions (manifest caption column,
+    # shard alt-text) | auto: the input's caption where present, else the captioner
+    source: str = "model"
 
 
 @dataclass
@@ -93,6 +100,8 @@ class RankConfig:
     ranker: str = "clip"  # registry name
     classify_threshold: float = 0.3  # cosine similarity above which an image "shows" a hypothesis
     text_template: str = "{}"  # how a hypothesis is phrased for the CLIP text encoder
+    exact_cap: int = 200000  # images (both sets) up to which AUROC is exact; beyond: histograms
+    histogram_bins: int = 2048  # bins over [-1, 1]; AUROC error bound shrinks with more bins
 
 
 @dataclass
@@ -102,6 +111,13 @@ class EvaluateConfig:
     ground_truth_a: str | None = None  # what set A shows; defaults to group_a / folder name
     ground_truth_b: str | None = None
     top_k: int = 5  # hypotheses judged (Acc@1, Acc@5 and Acc@N over these)
+
+
+@dataclass
+class CacheConfig:
+    root: str | None = (
+        None  # content-addressed embedding/caption cache (local or s3://); null = off
+    )
 
 
 @dataclass
@@ -130,6 +146,7 @@ class DescribeConfig:
     propose: ProposeConfig = field(default_factory=ProposeConfig)
     rank: RankConfig = field(default_factory=RankConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -289,8 +306,22 @@ def validate(config: DescribeConfig) -> None:
         raise ConfigError("data.manifest needs data.group_a and data.group_b (group_name values)")
     if by_folders and (not data.set_a or not data.set_b):
         raise ConfigError("both data.set_a and data.set_b must be given (one folder per set)")
+    for key, value in (("data.set_a", data.set_a), ("data.set_b", data.set_b)):
+        if value is None:
+            continue
+        items = list(value) if isinstance(value, list | ListConfig) else [value]
+        if not items or not all(isinstance(v, str) and v for v in items):
+            raise ConfigError(
+                f"config key '{key}' must be a folder, a shard pattern or a list of shard paths"
+            )
+    if data.max_num_samples < 0:
+        raise ConfigError(
+            f"config key 'data.max_num_samples' must be >= 0 (0 = no cap), got {data.max_num_samples}"
+        )
     positive = {
-        "data.max_num_samples": data.max_num_samples,
+        "clip.num_decoders": config.clip.num_decoders,
+        "rank.exact_cap": config.rank.exact_cap,
+        "rank.histogram_bins": config.rank.histogram_bins,
         "propose.num_rounds": config.propose.num_rounds,
         "propose.num_samples": config.propose.num_samples,
         "propose.max_hypotheses_per_round": config.propose.max_hypotheses_per_round,
@@ -315,8 +346,6 @@ def validate(config: DescribeConfig) -> None:
         raise ConfigError("config key 'rank.text_template' must contain '{}' for the hypothesis")
     if config.llm.backend == "external" and not config.llm.base_url:
         raise ConfigError("llm.backend=external needs llm.base_url (an OpenAI-compatible /v1 URL)")
-    if config.caption.source == "manifest" and not by_manifest:
-        raise ConfigError("caption.source=manifest needs data.manifest with a caption column")
     if not config.output_dir:
         raise ConfigError("config key 'output_dir' must be a folder path")
 

@@ -1,8 +1,9 @@
 """`describe(config) -> RunResult`: the whole VisDiff method, readable top to bottom.
 
-Inputs are validated and model weights checked before Ray or any model starts. Image embedding
-does not need hypotheses, so it runs in a background thread while the sampled images are
-captioned and the LLM proposes; ranking then scores every embedded image per block.
+Inputs are planned (listed, or for shards only resolved) and model weights checked before Ray or
+any model starts. Image embedding does not need hypotheses, so it runs in a background thread
+while the sampled images are captioned and the LLM proposes; ranking then scores every embedded
+image per block and merges partial statistics on the driver.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from visdiff import schema
@@ -24,30 +24,24 @@ from visdiff.llm.client import ChatClient, HTTPChatClient
 from visdiff.models.availability import check_models_available
 from visdiff.propose.captions import CaptionedRounds, build_rounds
 from visdiff.propose.proposer import Proposal, propose
-from visdiff.propose.sampling import stable_fraction
+from visdiff.rank.ranker import EmbeddedImages
 from visdiff.report.html import render_report
-from visdiff.report.writers import write_json, write_jsonl, write_ranked, write_text
+from visdiff.report.writers import RunFolder
 from visdiff.runtime import ray_runtime
-from visdiff.sources.records import ImageRecord, ImageSets, load_image_sets
+from visdiff.sources.plan import InputPlan, plan_inputs
 from visdiff.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
+POOL_PER_SAMPLE = 4  # shard inputs: candidates read per sampled image (per round)
+
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: str  # the run folder, local path or s3:// URI
     ranked: list[dict[str, Any]]
     stats: dict[str, Any]
     metrics: dict[str, Any] | None
-
-
-def cap_records(records: list[ImageRecord], max_n: int, seed: int) -> list[ImageRecord]:
-    """Seeded subset of at most `max_n` records, independent of listing order."""
-    if len(records) <= max_n:
-        return records
-    ordered = sorted(records, key=lambda r: stable_fraction(r.id, seed))
-    return sorted(ordered[:max_n], key=lambda r: r.id)
 
 
 @contextmanager
@@ -73,52 +67,66 @@ def open_llm(cfg: LLMConfig) -> Iterator[ChatClient]:
             stop_llm_app(cfg)
 
 
+def _prepare(config: DescribeConfig, timer: StageTimer, say: Callable[[str], None]) -> InputPlan:
+    """Everything that can fail on bad input, before Ray or a model starts."""
+    with timer("load_inputs"):
+        plan = plan_inputs(config.data, caption_source=config.caption.source)
+    for p in plan.sets:
+        size = (
+            f"{len(p.records)} images" if p.records is not None else f"{len(p.shards or [])} shards"
+        )
+        say(f"set {p.set_name.upper()} = '{p.display_name}' ({size})")
+    with timer("check_models"):
+        check_models_available(config)
+    return plan
+
+
+def _embed_all(plan: InputPlan, config: DescribeConfig, timer: StageTimer) -> EmbeddedImages:
+    from visdiff.rank.ranker import embed_images
+    from visdiff.sources.datasets import ranking_dataset
+
+    with timer("embed_images"):
+        ds_a, _ = ranking_dataset(plan.a, config.data, seed=config.seed)
+        ds_b, _ = ranking_dataset(plan.b, config.data, seed=config.seed)
+        return embed_images(ds_a.union(ds_b), config.clip, cache_root=config.cache.root)
+
+
+def _sample_pools(plan: InputPlan, config: DescribeConfig) -> dict[str, list[dict[str, Any]]]:
+    from visdiff.sources.datasets import sample_pool
+
+    size = config.propose.num_samples * config.propose.num_rounds * POOL_PER_SAMPLE
+    return {p.set_name: sample_pool(p, config.data, seed=config.seed, size=size) for p in plan.sets}
+
+
 def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None = None) -> RunResult:
     say = progress or log.info
     timer = StageTimer()
     started = time.perf_counter()
+    plan = _prepare(config, timer, say)
+    folder = RunFolder(config.output_dir)
+    folder.write_text("config.yaml", to_yaml(config))
 
-    with timer("load_inputs"):
-        sets = load_image_sets(config.data)
-    say(f"inputs: A = '{sets.name_a}' ({len(sets.a)} images), B = '{sets.name_b}' ({len(sets.b)})")
-    with timer("check_models"):
-        check_models_available(config)
-
-    run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", to_yaml(config))
-
-    capped_a = cap_records(sets.a, config.data.max_num_samples, config.seed)
-    capped_b = cap_records(sets.b, config.data.max_num_samples, config.seed)
-
-    from visdiff.rank.ranker import embed_images, embed_texts, score_hypotheses
+    from visdiff.rank.ranker import embed_texts, score_hypotheses
 
     metrics = None
-    with ray_runtime(config.ray), ThreadPoolExecutor(max_workers=2) as background:
+    with ray_runtime(config.ray), ThreadPoolExecutor(max_workers=1) as background:
         _warm_up_ray()
-
-        def run_embedding():
-            with timer("embed_images"):
-                return embed_images(
-                    [*capped_a, *capped_b], config.clip, num_blocks=config.data.num_blocks
-                )
-
-        say(f"embedding {len(capped_a) + len(capped_b)} images in the background")
-        embedding = background.submit(run_embedding)
+        say("embedding every image in the background")
+        embedding = background.submit(_embed_all, plan, config, timer)
         with open_llm(config.llm) as client:
             with timer("caption"):
-                say(f"captioning samples ({config.caption.source})")
-                captioned = build_rounds(sets, config)
+                say(f"captioning samples (caption.source={config.caption.source})")
+                captioned = build_rounds(plan, _sample_pools(plan, config), config)
             with timer("propose"):
                 say(f"proposing: {config.propose.num_rounds} rounds")
                 proposals, hypotheses = propose(
                     client, captioned.rounds, config.propose, config.llm, seed=config.seed
                 )
-            write_jsonl(run_dir / "hypotheses.jsonl", _proposal_rows(proposals))
+            folder.write_jsonl("hypotheses.jsonl", _proposal_rows(proposals))
             if not hypotheses:
                 raise LLMError(
                     f"the LLM proposed no parseable hypothesis in {len(proposals)} rounds; "
-                    f"its raw answers are in {run_dir / 'hypotheses.jsonl'}"
+                    f"its raw answers are in {folder.path('hypotheses.jsonl')}"
                 )
             say(f"{len(hypotheses)} unique hypotheses; waiting for image embeddings")
             embedded = embedding.result()
@@ -132,28 +140,54 @@ def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None =
             if config.evaluate.enabled:
                 with timer("evaluate"):
                     say("evaluating the top hypotheses with the LLM judge")
-                    metrics = _evaluate(client, ranked, sets, config)
+                    metrics = _evaluate(client, ranked, plan, config)
 
-    stats = _run_stats(sets, capped_a, capped_b, embedded.skipped, captioned, proposals, hypotheses)
+    stats = run_stats(plan, embedded, captioned, proposals, hypotheses)
     stats["seconds"] = timer.as_dict()
     stats["total_seconds"] = round(time.perf_counter() - started, 3)
-    write_ranked(run_dir, ranked)
-    write_json(run_dir / "stats.json", stats)
+    folder.write_ranked(ranked)
+    folder.write_json("stats.json", stats)
     if metrics is not None:
-        write_json(run_dir / "metrics.json", metrics)
-    write_text(
-        run_dir / "report.html",
+        folder.write_json("metrics.json", metrics)
+    folder.write_text(
+        "report.html",
         render_report(
-            name_a=sets.name_a,
-            name_b=sets.name_b,
+            name_a=plan.a.display_name,
+            name_b=plan.b.display_name,
             ranked=ranked,
-            thumbnails_a=_thumbnails(sets.a, captioned, config.report.thumbnails_per_set),
-            thumbnails_b=_thumbnails(sets.b, captioned, config.report.thumbnails_per_set),
+            thumbnails_a=_thumbnails(schema.SET_A, captioned, config.report.thumbnails_per_set),
+            thumbnails_b=_thumbnails(schema.SET_B, captioned, config.report.thumbnails_per_set),
             stats=stats,
             metrics=metrics,
         ),
     )
-    return RunResult(run_dir, ranked, stats, metrics)
+    return RunResult(folder.display(), ranked, stats, metrics)
+
+
+def embed(
+    config: DescribeConfig, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """`visdiff embed`: fill the embedding cache for both sets ahead of time; returns stats."""
+    say = progress or log.info
+    timer = StageTimer()
+    plan = _prepare(config, timer, say)
+    with ray_runtime(config.ray):
+        _warm_up_ray()
+        say(f"embedding into the cache at {config.cache.root}")
+        embedded = _embed_all(plan, config, timer)
+    stats = {
+        "images": embedded.rows_per_set,
+        "cache": {
+            "root": config.cache.root,
+            "hits": embedded.from_cache,
+            "misses": embedded.num_rows - embedded.from_cache - len(embedded.skipped),
+        },
+        "skipped": embedded.skipped + [{**s, "stage": "listing"} for s in plan.skipped],
+        "seconds": timer.as_dict(),
+    }
+    folder = RunFolder(config.output_dir)
+    folder.write_json("embed_stats.json", stats)
+    return stats
 
 
 def _warm_up_ray() -> None:
@@ -166,15 +200,15 @@ def _warm_up_ray() -> None:
 
 
 def _evaluate(
-    client: ChatClient, ranked: list[dict[str, Any]], sets: ImageSets, config: DescribeConfig
+    client: ChatClient, ranked: list[dict[str, Any]], plan: InputPlan, config: DescribeConfig
 ) -> dict[str, Any]:
     from visdiff.evaluate.evaluator import evaluate_ranked
 
     return evaluate_ranked(
         client,
         [r["hypothesis"] for r in ranked],
-        ground_truth_a=config.evaluate.ground_truth_a or sets.name_a,
-        ground_truth_b=config.evaluate.ground_truth_b or sets.name_b,
+        ground_truth_a=config.evaluate.ground_truth_a or plan.a.display_name,
+        ground_truth_b=config.evaluate.ground_truth_b or plan.b.display_name,
         eval_cfg=config.evaluate,
         llm_cfg=config.llm,
         seed=config.seed,
@@ -201,40 +235,44 @@ def _proposal_rows(proposals: list[Proposal]) -> Iterator[dict[str, Any]]:
             }
 
 
-def _run_stats(
-    sets: ImageSets,
-    capped_a: list[ImageRecord],
-    capped_b: list[ImageRecord],
-    embed_skipped: list[dict[str, str]],
+def run_stats(
+    plan: InputPlan,
+    embedded: EmbeddedImages,
     captioned: CaptionedRounds,
     proposals: list[Proposal],
     hypotheses: list[str],
 ) -> dict[str, Any]:
-    skipped = [{**s, "stage": "listing"} for s in sets.skipped]
-    skipped += [{**s, "stage": "embed"} for s in embed_skipped]
+    skipped = [{**s, "stage": "listing"} for s in plan.skipped]
+    skipped += [{**s, "stage": "embed"} for s in embedded.skipped]
     for s in skipped:
         s["reason_code"] = str(s.get("reason", "")).split(":", 1)[0]
     images = {}
-    for name, listed, capped in (
-        (schema.SET_A, sets.a, capped_a),
-        (schema.SET_B, sets.b, capped_b),
-    ):
-        failed = sum(1 for s in embed_skipped if s["set"] == name)
+    for p in plan.sets:
+        name = p.set_name
+        listed_skipped = sum(1 for s in plan.skipped if s.get("set") == name)
+        failed = sum(1 for s in embedded.skipped if s["set"] == name)
+        read = embedded.rows_per_set.get(name, 0)
         images[name] = {
-            "listed": len(listed) + sum(1 for s in sets.skipped if s.get("set") == name),
-            "over_cap": len(listed) - len(capped),
-            "read": len(capped) - failed,
-            "skipped": sum(1 for s in skipped if s.get("set") == name),
-            "ranked": len(capped) - failed,
+            "name": p.display_name,
+            "listed": (len(p.records) + listed_skipped) if p.records is not None else None,
+            "shards": len(p.shards) if p.shards is not None else None,
+            "read": read,
+            "over_cap": (len(p.records) - read) if p.records is not None else None,
+            "skipped": listed_skipped + failed,
+            "ranked": read - failed,
         }
     return {
         "images": images,
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(s["reason_code"] for s in skipped)),
+        "cache": {
+            "hits": embedded.from_cache,
+            "misses": embedded.num_rows - embedded.from_cache - len(embedded.skipped),
+        },
         "captioning": {
             "images_captioned": sum(1 for v in captioned.caption_source.values() if v == "model"),
-            "captions_from_manifest": sum(
-                1 for v in captioned.caption_source.values() if v == "manifest"
+            "captions_from_input": sum(
+                1 for v in captioned.caption_source.values() if v == "input"
             ),
             "failed": captioned.failed,
         },
@@ -246,21 +284,27 @@ def _run_stats(
     }
 
 
-def _thumbnails(
-    records: list[ImageRecord], captioned: CaptionedRounds, n: int
-) -> list[tuple[str, bytes]]:
-    """Small JPEGs of the first sampled images (decoded on the driver: only a handful)."""
-    from visdiff.sources.decode import ImageDecodeError, read_and_decode, thumbnail_jpeg
+def _thumbnails(set_name: str, captioned: CaptionedRounds, n: int) -> list[tuple[str, bytes]]:
+    """Small JPEGs of the first sampled images of a set (decoded on the driver: only a few)."""
+    from visdiff.sources.decode import (
+        ImageDecodeError,
+        decode_image,
+        read_and_decode,
+        thumbnail_jpeg,
+    )
 
-    sampled = [i for r in captioned.rounds for i in (*r.ids_a, *r.ids_b)]
-    by_id = {r.id: r for r in records}
-    chosen = [by_id[i] for i in dict.fromkeys(sampled) if i in by_id][:n]
+    sampled = [
+        i for r in captioned.rounds for i in (r.ids_a if set_name == schema.SET_A else r.ids_b)
+    ]
     out = []
-    for record in chosen:
+    for image_id in list(dict.fromkeys(sampled))[:n]:
+        row = captioned.rows.get(image_id)
+        if row is None:
+            continue
         try:
-            image = read_and_decode(record.uri)
+            data = row.get(schema.IMAGE_BYTES)
+            image = decode_image(data) if data else read_and_decode(row[schema.URI])
         except ImageDecodeError:
             continue
-        label = captioned.captions.get(record.id, record.id)
-        out.append((label, thumbnail_jpeg(image)))
+        out.append((captioned.captions.get(image_id, image_id), thumbnail_jpeg(image)))
     return out

@@ -10,6 +10,9 @@ PIXELS = "pixels"  # preprocessed float32 tensor (C, H, W)
 ERROR = "error"  # "" when the row is fine, else "<reason>: <detail>"
 EMBEDDING = "embedding"  # L2-normalised float32 vector
 GENERATED_CAPTION = "generated_caption"
+CONTENT_HASH = "content_hash"  # blake2b of the encoded image bytes (cache key with the model)
+CACHED_EMBEDDING = "cached_embedding"  # float32 bytes of a cache hit, b"" for a miss
+FROM_CACHE = "from_cache"  # bool: the embedding came from the cache
 
 SET_A = "a"
 SET_B = "b"

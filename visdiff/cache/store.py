@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visdiff.sources.filesystem import _remote, is_remote, local_path
+from visdiff.sources.filesystem import is_remote, local_path, remote_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class _Storage:
     def __init__(self, root: str) -> None:
         self.remote = is_remote(root)
         if self.remote:
-            self.fs, self.base = _remote(root)
+            self.fs, self.base = remote_filesystem(root)
         else:
             self.fs, self.base = None, os.path.abspath(local_path(root))
 

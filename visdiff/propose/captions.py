@@ -1,17 +1,19 @@
-"""Caption inputs for the proposer: pick each round's seeded samples, caption them once (Ray Data
-actor pool) or take the manifest's captions, and assemble the per-round caption lists."""
+"""Caption inputs for the proposer: pick each round's seeded samples from each set's candidate
+pool, caption them once (Ray Data actor pool) or take the input's own captions (manifest column,
+shard alt-text), and assemble the per-round caption lists."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from visdiff import schema
 from visdiff.config import CaptionerConfig, DescribeConfig
 from visdiff.errors import InputError
 from visdiff.propose.proposer import RoundInput
 from visdiff.propose.sampling import sample_for_round
-from visdiff.sources.records import ImageRecord, ImageSets
+from visdiff.sources.plan import InputPlan
 
 log = logging.getLogger(__name__)
 
@@ -20,25 +22,27 @@ log = logging.getLogger(__name__)
 class CaptionedRounds:
     rounds: list[RoundInput]
     captions: dict[str, str]  # image id -> caption used in prompts
-    caption_source: dict[str, str]  # image id -> "manifest" | "model"
+    caption_source: dict[str, str]  # image id -> "input" | "model"
     failed: list[dict[str, str]] = field(default_factory=list)  # images the captioner skipped
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # sampled image id -> row
 
 
-def caption_images(records: list[ImageRecord], cfg: CaptionerConfig) -> dict[str, tuple[str, str]]:
-    """id -> (caption, error) for each record, captioned in an actor pool."""
-    if not records:
+def caption_images(
+    rows: list[dict[str, Any]], cfg: CaptionerConfig, *, cache_root: str | None = None
+) -> dict[str, tuple[str, str]]:
+    """id -> (caption, error) for each image row (uri, or image_bytes), in an actor pool."""
+    if not rows:
         return {}
     import ray.data
     from ray.data import ActorPoolStrategy
 
     from visdiff.stages.caption import Captioner
 
-    ds = ray.data.from_items(
-        [r.to_dict() for r in records], override_num_blocks=max(1, min(len(records) // 8, 64))
-    )
+    items = [{k: v for k, v in r.items() if k != schema.CAPTION} for r in rows]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 64)))
     ds = ds.map_batches(
         Captioner,
-        fn_constructor_kwargs={"captioner_cfg": cfg},
+        fn_constructor_kwargs={"captioner_cfg": cfg, "cache_root": cache_root},
         compute=ActorPoolStrategy(size=cfg.num_actors),
         batch_size=cfg.batch_size,
         num_cpus=cfg.num_cpus,
@@ -49,28 +53,31 @@ def caption_images(records: list[ImageRecord], cfg: CaptionerConfig) -> dict[str
     }
 
 
-def _eligible(records: list[ImageRecord], source: str) -> list[ImageRecord]:
+def _eligible(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     if source == "manifest":
-        return [r for r in records if r.caption]
-    return records
+        return [r for r in rows if r.get(schema.CAPTION)]
+    return rows
 
 
-def build_rounds(sets: ImageSets, config: DescribeConfig) -> CaptionedRounds:
+def build_rounds(
+    plan: InputPlan, pools: dict[str, list[dict[str, Any]]], config: DescribeConfig
+) -> CaptionedRounds:
+    """`pools`: per set, the image rows the samples are drawn from (see sources.datasets)."""
     source = config.caption.source
     pcfg = config.propose
-    by_id = {r.id: r for r in [*sets.a, *sets.b]}
-    eligible = {schema.SET_A: _eligible(sets.a, source), schema.SET_B: _eligible(sets.b, source)}
-    for set_name, records in eligible.items():
-        if not records:
-            name = sets.name_a if set_name == schema.SET_A else sets.name_b
+    by_id = {r[schema.ID]: r for rows in pools.values() for r in rows}
+    eligible = {name: _eligible(pools[name], source) for name in schema.SETS}
+    for set_plan in plan.sets:
+        if not eligible[set_plan.set_name]:
             raise InputError(
-                f"set {set_name} ('{name}') has no manifest captions; use caption.source=model or auto"
+                f"set {set_plan.set_name} ('{set_plan.display_name}') has no image with a caption "
+                "of its own to sample; use caption.source=model or auto"
             )
     sampled: list[tuple[list[str], list[str]]] = []
     for round_index in range(pcfg.num_rounds):
         ids = tuple(
             sample_for_round(
-                [r.id for r in eligible[s]],
+                [r[schema.ID] for r in eligible[s]],
                 k=pcfg.num_samples,
                 seed=config.seed,
                 round_index=round_index,
@@ -84,18 +91,20 @@ def build_rounds(sets: ImageSets, config: DescribeConfig) -> CaptionedRounds:
     origin: dict[str, str] = {}
     to_caption = []
     for image_id in all_ids:
-        record = by_id[image_id]
-        if source != "model" and record.caption:
-            captions[image_id], origin[image_id] = record.caption, "manifest"
+        row = by_id[image_id]
+        if source != "model" and row.get(schema.CAPTION):
+            captions[image_id], origin[image_id] = row[schema.CAPTION], "input"
         else:
-            to_caption.append(record)
+            to_caption.append(row)
     failed = []
     if to_caption:
         log.info("captioning %d sampled images with %s", len(to_caption), config.captioner.model)
-        for image_id, (caption, error) in caption_images(to_caption, config.captioner).items():
+        captioned = caption_images(to_caption, config.captioner, cache_root=config.cache.root)
+        for image_id, (caption, error) in captioned.items():
             if error or not caption:
+                reason = error or "empty caption"
                 failed.append(
-                    {"id": image_id, "uri": by_id[image_id].uri, "reason": error or "empty caption"}
+                    {"id": image_id, "uri": by_id[image_id][schema.URI], "reason": reason}
                 )
             else:
                 captions[image_id], origin[image_id] = caption, "model"
@@ -119,4 +128,4 @@ def build_rounds(sets: ImageSets, config: DescribeConfig) -> CaptionedRounds:
                 [captions[i] for i in kept_b],
             )
         )
-    return CaptionedRounds(rounds, captions, origin, failed)
+    return CaptionedRounds(rounds, captions, origin, failed, {i: by_id[i] for i in all_ids})

@@ -12,27 +12,19 @@ import numpy as np
 from visdiff import schema
 from visdiff.config import ClipConfig, RankConfig
 from visdiff.rank.partials import HypothesisStats, ScorePartials, rank_order
-from visdiff.sources.records import ImageRecord
 
 log = logging.getLogger(__name__)
-
-HISTOGRAM_BINS = 2048
-EXACT_CAP = 200_000  # images (both sets) kept exactly; beyond it AUROC uses histograms
 
 
 @dataclass
 class EmbeddedImages:
     """A materialised Ray Dataset of embedded images plus what the embedding stage skipped."""
 
-    dataset: Any  # ray.data.MaterializedDataset with id, set, uri, error, embedding
+    dataset: Any  # ray.data.MaterializedDataset with id, set, uri, error, embedding, from_cache
     num_rows: int
+    rows_per_set: dict[str, int] = field(default_factory=dict)
+    from_cache: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
-
-
-def _num_blocks(n: int, requested: int) -> int:
-    if requested > 0:
-        return requested
-    return max(2, min(256, n // 128))
 
 
 def _actor_pool(size: int) -> Any:
@@ -42,44 +34,50 @@ def _actor_pool(size: int) -> Any:
 
 
 def embed_images(
-    records: list[ImageRecord], clip_cfg: ClipConfig, *, num_blocks: int = 0
+    images: Any, clip_cfg: ClipConfig, *, cache_root: str | None = None
 ) -> EmbeddedImages:
-    """Decode + preprocess in tasks, CLIP forward in an actor pool; failed rows are kept and
-    carry their error so that nothing is silently dropped."""
-    import ray.data
-
+    """Decode + preprocess (and cache lookup) in one actor pool, the CLIP forward pass in
+    another; failed rows are kept and carry their error so that nothing is silently dropped.
+    `images` is a Ray Dataset of image rows (see visdiff.sources.datasets)."""
     from visdiff.stages.embed import ClipImageEmbedder, ClipPreprocessor
 
-    items = [r.to_dict() for r in records]
-    ds = ray.data.from_items(items, override_num_blocks=_num_blocks(len(items), num_blocks))
-    ds = ds.map_batches(
+    ds = images.map_batches(
         ClipPreprocessor,
-        fn_constructor_kwargs={"clip_cfg": clip_cfg},
-        compute=_actor_pool(1),
+        fn_constructor_kwargs={"clip_cfg": clip_cfg, "cache_root": cache_root},
+        compute=_actor_pool(clip_cfg.num_decoders),
         batch_size=clip_cfg.batch_size,
         num_cpus=0.5,
     )
     ds = ds.map_batches(
         ClipImageEmbedder,
-        fn_constructor_kwargs={"clip_cfg": clip_cfg},
+        fn_constructor_kwargs={"clip_cfg": clip_cfg, "cache_root": cache_root},
         compute=_actor_pool(clip_cfg.num_actors),
         batch_size=clip_cfg.batch_size,
         num_cpus=clip_cfg.num_cpus,
         num_gpus=clip_cfg.num_gpus or None,
     )
-    materialized = ds.materialize()
-    skipped = _collect_errors(materialized)
-    return EmbeddedImages(materialized, materialized.count(), skipped)
+    materialized = ds.select_columns(
+        [schema.ID, schema.SET, schema.URI, schema.ERROR, schema.EMBEDDING, schema.FROM_CACHE]
+    ).materialize()
+    return _summarise(materialized)
 
 
-def _collect_errors(ds: Any) -> list[dict[str, str]]:
-    from visdiff.stages.score import error_rows
+def _summarise(ds: Any) -> EmbeddedImages:
+    """Counts per block, merged on the driver; only failed rows travel as rows."""
+    from visdiff.stages.score import block_counts, error_rows
 
-    rows = ds.map_batches(error_rows, batch_format="numpy").take_all()
-    return [
+    totals: dict[str, int] = {}
+    for row in ds.map_batches(block_counts, batch_format="numpy").iter_rows():
+        for key, value in row.items():
+            totals[key] = totals.get(key, 0) + int(value)
+    skipped = [
         {"id": r[schema.ID], "set": r[schema.SET], "uri": r[schema.URI], "reason": r[schema.ERROR]}
-        for r in rows
+        for r in ds.map_batches(error_rows, batch_format="numpy").take_all()
     ]
+    rows_per_set = {name: totals.get(f"rows_{name}", 0) for name in schema.SETS}
+    return EmbeddedImages(
+        ds, sum(rows_per_set.values()), rows_per_set, totals.get("from_cache", 0), skipped
+    )
 
 
 def embed_texts(texts: list[str], clip_cfg: ClipConfig) -> np.ndarray:
@@ -117,8 +115,8 @@ def score_hypotheses(
         fn_constructor_kwargs={
             "text_embeddings": text_embeddings,
             "threshold": rank_cfg.classify_threshold,
-            "num_bins": HISTOGRAM_BINS,
-            "exact_cap": EXACT_CAP,
+            "num_bins": rank_cfg.histogram_bins,
+            "exact_cap": rank_cfg.exact_cap,
         },
         compute=_actor_pool(1),
         batch_size=None,
@@ -127,8 +125,8 @@ def score_hypotheses(
     merged = ScorePartials.empty(
         len(hypotheses),
         threshold=rank_cfg.classify_threshold,
-        num_bins=HISTOGRAM_BINS,
-        exact_cap=EXACT_CAP,
+        num_bins=rank_cfg.histogram_bins,
+        exact_cap=rank_cfg.exact_cap,
     )
     for batch in partial_rows.iter_batches(batch_size=1, batch_format="numpy"):
         merged = merged.merge(ScorePartials.from_row(batch))

@@ -156,3 +156,25 @@ def list_files(uri: str, *, recursive: bool = True) -> list[str]:
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=False)
     infos = filesystem.get_file_info(selector)
     return sorted(_join_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)
+
+
+def remote_filesystem(uri: str) -> tuple[FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a remote URI; filesystems are cached per bucket."""
+    return _remote(uri)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object/file. Local: temp file + rename (a killed writer leaves no partial
+    file under the final name). Remote: one PUT, which object stores apply atomically."""
+    if is_remote(uri):
+        filesystem, path = _remote(uri)
+        with filesystem.open_output_stream(path) as out:
+            out.write(data)
+        return
+    path = local_path(uri)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)

@@ -277,7 +277,7 @@ def _shard_error(uri: str, set_name: str, error: str) -> dict[str, Any]:
 
 def _remote_filesystem(uri: str) -> tuple[Any, str]:
     # The filesystem layer caches one S3 client per bucket; reuse it rather than a second cache.
-    return filesystem._remote(uri)  # same package; no public stream opener
+    return filesystem.remote_filesystem(uri)
 
 
 def _open_stream(uri: str) -> BinaryIO:

@@ -1,4 +1,5 @@
-"""Captioning stage for Ray Data `map_batches`: decode each row's image, caption the good ones.
+"""Captioning stage for Ray Data `map_batches`: decode each row's image, caption the good ones,
+reusing (and filling) the caption cache when one is configured.
 
 The model loads once per actor in `__init__`; each batch costs one `generate` call. Rows whose
 image cannot be decoded get an empty caption and an ERROR instead of failing the batch.
@@ -10,33 +11,51 @@ import numpy as np
 
 from visdiff import schema
 from visdiff.config import CaptionerConfig
-from visdiff.stages.embed import Batch, decode_uris
+from visdiff.stages.images import Batch, decode_all, load_bytes, passthrough, strings
 
 
 class Captioner:
-    """Rows with URI -> GENERATED_CAPTION (str, "" on failure) and ERROR."""
+    """Rows (URI or IMAGE_BYTES) -> GENERATED_CAPTION (str, "" on failure) and ERROR."""
 
-    def __init__(self, captioner_cfg: CaptionerConfig) -> None:
+    def __init__(self, captioner_cfg: CaptionerConfig, cache_root: str | None = None) -> None:
         from visdiff.models.captioner import load_captioner
 
         self.cfg = captioner_cfg
         self.bundle = load_captioner(captioner_cfg)
+        self.cache = None
+        if cache_root:
+            from visdiff.cache.keys import captioner_model_key
+            from visdiff.cache.store import CaptionCache
+
+            self.cache = CaptionCache(cache_root, captioner_model_key(captioner_cfg))
 
     def __call__(self, batch: Batch) -> Batch:
+        from visdiff.cache.keys import content_hash
         from visdiff.models.captioner import generate_captions
 
-        images, errors = decode_uris(batch[schema.URI])
-        good = [i for i, image in enumerate(images) if image is not None]
-        captions = [""] * len(images)
+        datas, errors = load_bytes(batch)
+        n = len(datas)
+        captions = [""] * n
+        hashes = [content_hash(d) if d is not None else "" for d in datas]
+        if self.cache is not None:
+            hits = self.cache.lookup([h for h in hashes if h])
+            for i, h in enumerate(hashes):
+                if h in hits:
+                    captions[i] = str(hits[h])
+        done = {i for i in range(n) if captions[i]}
+        images = decode_all(datas, errors, skip=done)
+        todo = [i for i, image in enumerate(images) if image is not None]
         texts = generate_captions(
             self.bundle,
-            [images[i] for i in good],
+            [images[i] for i in todo],
             prompt=self.cfg.prompt,
             max_new_tokens=self.cfg.max_new_tokens,
         )
-        for i, text in zip(good, texts, strict=True):
+        for i, text in zip(todo, texts, strict=True):
             captions[i] = text
-        out = {k: v for k, v in batch.items() if k not in (schema.ERROR, schema.GENERATED_CAPTION)}
+        if self.cache is not None and todo:
+            self.cache.put([hashes[i] for i in todo], [captions[i] for i in todo])
+        out = passthrough(batch, drop=(schema.ERROR, schema.GENERATED_CAPTION, schema.IMAGE_BYTES))
         out[schema.GENERATED_CAPTION] = np.array(captions, dtype=object)
-        out[schema.ERROR] = np.array(errors, dtype=object)
+        out[schema.ERROR] = strings(errors)
         return out

@@ -1,78 +1,55 @@
-"""CLIP stages for Ray Data `map_batches`: decode + preprocess on CPU actors, embed on model actors.
+"""CLIP stages for Ray Data `map_batches`: decode + preprocess on CPU actors, embed on model
+actors, with an optional content-addressed cache so an image is never embedded twice.
 
 Splitting decode from embedding lets the pipeline scale the cheap CPU part independently of the
-(possibly GPU) model actors. Heavy imports happen in `__init__`, inside the actor, so importing
-this module to hand the classes to Ray stays cheap.
+(possibly GPU) model actors. The cache lookup sits in the decode stage: a hit skips decoding too.
+Heavy imports happen in `__init__`, inside the actor, so importing this module stays cheap.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
 from visdiff import schema
 from visdiff.config import ClipConfig
-
-Batch = dict[str, np.ndarray]
-
-
-def _strings(values: list[str]) -> np.ndarray:
-    return np.array(values, dtype=object)
+from visdiff.stages.images import Batch, decode_all, load_bytes, passthrough, strings
 
 
-def decode_error_text(exc: Exception) -> str:
-    """ERROR column text "<reason>: <detail>" for an ImageDecodeError."""
-    reason = str(getattr(exc, "reason", "read_error"))
-    detail = str(getattr(exc, "detail", "") or "")
-    text = str(exc)
-    if detail:
-        return f"{reason}: {detail}"
-    if text.startswith(reason):
-        return text
-    return f"{reason}: {text}" if text else reason
+def _open_cache(clip_cfg: ClipConfig, cache_root: str | None):
+    if not cache_root:
+        return None
+    from visdiff.cache.keys import clip_model_key
+    from visdiff.cache.store import EmbeddingCache
 
-
-def decode_uris(uris: np.ndarray) -> tuple[list[Any], list[str]]:
-    """Decode every URI; a failure becomes (None, "<reason>: <detail>") instead of an exception.
-
-    One bad file among thousands must cost one row, never the batch.
-    """
-    from visdiff.sources.decode import ImageDecodeError, read_and_decode
-
-    images: list[Any] = []
-    errors: list[str] = []
-    for uri in uris:
-        try:
-            images.append(read_and_decode(str(uri)))
-            errors.append("")
-        except ImageDecodeError as exc:
-            images.append(None)
-            errors.append(decode_error_text(exc))
-        except Exception as exc:  # a decoder bug must not sink the batch either
-            images.append(None)
-            errors.append(f"read_error: {type(exc).__name__}: {exc}")
-    return images, errors
-
-
-def _passthrough(batch: Batch, drop: tuple[str, ...] = ()) -> Batch:
-    return {key: value for key, value in batch.items() if key not in drop}
+    return EmbeddingCache(cache_root, clip_model_key(clip_cfg))
 
 
 class ClipPreprocessor:
-    """Row URIs -> PIXELS (float32 (n, 3, H, W)) + ERROR, using only the eval transform."""
+    """Rows -> PIXELS (float32 (n, 3, H, W)), ERROR, CONTENT_HASH and, for cache hits,
+    CACHED_EMBEDDING (float32 bytes; b"" for misses). IMAGE_BYTES is dropped here."""
 
-    def __init__(self, clip_cfg: ClipConfig) -> None:
+    def __init__(self, clip_cfg: ClipConfig, cache_root: str | None = None) -> None:
         from visdiff.models.clip import build_eval_transform, eval_preprocess_config
 
         self.transform = build_eval_transform(clip_cfg)
         height, width = eval_preprocess_config(clip_cfg)["image_size"]
         self.shape = (3, int(height), int(width))
+        self.cache = _open_cache(clip_cfg, cache_root)
 
     def __call__(self, batch: Batch) -> Batch:
-        uris = batch[schema.URI]
-        images, errors = decode_uris(uris)
-        pixels = np.zeros((len(uris), *self.shape), dtype=np.float32)
+        from visdiff.cache.keys import content_hash
+
+        datas, errors = load_bytes(batch)
+        n = len(datas)
+        hashes = [content_hash(d) if d is not None else "" for d in datas]
+        cached = [b""] * n
+        if self.cache is not None:
+            hits = self.cache.lookup([h for h in hashes if h])
+            for i, h in enumerate(hashes):
+                if h in hits:
+                    cached[i] = np.asarray(hits[h], dtype=np.float32).tobytes()
+        images = decode_all(datas, errors, skip={i for i in range(n) if cached[i]})
+        pixels = np.zeros((n, *self.shape), dtype=np.float32)
         for i, image in enumerate(images):
             if image is None:
                 continue
@@ -80,20 +57,26 @@ class ClipPreprocessor:
                 pixels[i] = self.transform(image).numpy()
             except Exception as exc:
                 errors[i] = f"preprocess_error: {type(exc).__name__}: {exc}"
-        out = _passthrough(batch, drop=(schema.PIXELS, schema.ERROR))
+        out = passthrough(
+            batch, drop=(schema.PIXELS, schema.ERROR, schema.IMAGE_BYTES, schema.CACHED_EMBEDDING)
+        )
         out[schema.PIXELS] = pixels
-        out[schema.ERROR] = _strings(errors)
+        out[schema.ERROR] = strings(errors)
+        out[schema.CONTENT_HASH] = strings(hashes)
+        out[schema.CACHED_EMBEDDING] = np.array(cached, dtype=object)
         return out
 
 
 class ClipImageEmbedder:
-    """PIXELS -> EMBEDDING (unit float32 (n, D)); failed rows keep zeros and their ERROR."""
+    """PIXELS -> EMBEDDING (unit float32 (n, D)); cache hits are reused, new embeddings stored.
+    Failed rows keep zeros and their ERROR."""
 
-    def __init__(self, clip_cfg: ClipConfig) -> None:
+    def __init__(self, clip_cfg: ClipConfig, cache_root: str | None = None) -> None:
         from visdiff.models.clip import load_clip
 
         self.batch_size = clip_cfg.batch_size
         self.bundle = load_clip(clip_cfg)
+        self.cache = _open_cache(clip_cfg, cache_root)
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
@@ -103,15 +86,27 @@ class ClipImageEmbedder:
         pixels = batch[schema.PIXELS]
         n = len(pixels)
         errors = [str(e) for e in batch.get(schema.ERROR, [""] * n)]
-        ok = np.array([i for i, error in enumerate(errors) if not error], dtype=np.int64)
+        cached = list(batch.get(schema.CACHED_EMBEDDING, [b""] * n))
         embeddings = np.zeros((n, self.bundle.embed_dim), dtype=np.float32)
-        for start in range(0, len(ok), self.batch_size):
-            rows = ok[start : start + self.batch_size]
+        from_cache = np.zeros(n, dtype=bool)
+        for i, blob in enumerate(cached):
+            if not errors[i] and blob is not None and len(blob) > 0:
+                embeddings[i] = np.frombuffer(blob, dtype=np.float32)
+                from_cache[i] = True
+        todo = np.array(
+            [i for i in range(n) if not errors[i] and not from_cache[i]], dtype=np.int64
+        )
+        for start in range(0, len(todo), self.batch_size):
+            rows = todo[start : start + self.batch_size]
             chunk = torch.from_numpy(np.asarray(pixels[rows], dtype=np.float32).copy())
             embeddings[rows] = clip_image_embeddings(self.bundle, chunk)
-        out = _passthrough(batch, drop=(schema.PIXELS, schema.ERROR))
-        out[schema.ERROR] = _strings(errors)
+        if self.cache is not None and len(todo):
+            hashes = batch[schema.CONTENT_HASH]
+            self.cache.put([str(hashes[i]) for i in todo], embeddings[todo])
+        out = passthrough(batch, drop=(schema.PIXELS, schema.ERROR, schema.CACHED_EMBEDDING))
+        out[schema.ERROR] = strings(errors)
         out[schema.EMBEDDING] = embeddings
+        out[schema.FROM_CACHE] = from_cache
         return out
 
 
@@ -137,4 +132,4 @@ class ClipTextEmbedder:
         embeddings = (
             np.concatenate(parts) if parts else np.zeros((0, self.bundle.embed_dim), np.float32)
         )
-        return {self.TEXT: _strings(texts), schema.EMBEDDING: embeddings}
+        return {self.TEXT: strings(texts), schema.EMBEDDING: embeddings}

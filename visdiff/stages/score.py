@@ -55,3 +55,14 @@ def error_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         schema.URI: np.asarray(batch[schema.URI], dtype=object)[bad],
         schema.ERROR: errors[bad],
     }
+
+
+def block_counts(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One row per block: rows per set, cache hits and failures (merged on the driver)."""
+    sets = np.asarray(batch[schema.SET], dtype=object)
+    failed = np.asarray([err != "" for err in batch[schema.ERROR]], dtype=bool)
+    from_cache = np.asarray(batch.get(schema.FROM_CACHE, np.zeros(len(sets), dtype=bool)))
+    counts = {f"rows_{name}": np.array([int(np.sum(sets == name))]) for name in schema.SETS}
+    counts["from_cache"] = np.array([int(np.sum(from_cache))])
+    counts["failed"] = np.array([int(np.sum(failed))])
+    return counts
