@@ -18,14 +18,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import ray  # noqa: F401  (importing Ray puts its bundled psutil on sys.path)
-import psutil  # noqa: E402  isort: skip
+from typing import Any
 
 START_TIMEOUT_S = 90.0
+
+
+def _psutil() -> Any:
+    """psutil as shipped inside Ray (ray/thirdparty_files, put on sys.path by `import ray`)."""
+    import importlib
+
+    import ray  # noqa: F401
+
+    return importlib.import_module("psutil")
 
 
 _HANDED_OUT: set[int] = set()
@@ -90,7 +96,8 @@ class RayNode:
     node_id: str | None = None
     pids: set[int] = field(default_factory=set)  # every descendant seen so far
 
-    def descendants(self) -> list[psutil.Process]:
+    def descendants(self) -> list[Any]:
+        psutil = _psutil()
         try:
             found = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -99,6 +106,7 @@ class RayNode:
         return found
 
     def raylet_pids(self) -> list[int]:
+        psutil = _psutil()
         out = []
         for p in self.descendants():
             try:
@@ -111,6 +119,7 @@ class RayNode:
     def alive_pids(self) -> list[int]:
         """Processes of this node (the `ray start` process and all descendants ever seen) that
         are still running; zombies count as gone."""
+        psutil = _psutil()
         alive = []
         for pid in {self.proc.pid, *self.pids}:
             try:
@@ -123,6 +132,7 @@ class RayNode:
 
     def kill(self) -> None:
         """Crash the node: SIGKILL the raylet, its workers and the `ray start` process at once."""
+        psutil = _psutil()
         victims = [*self.descendants()]
         try:
             victims.append(psutil.Process(self.proc.pid))
@@ -139,6 +149,7 @@ class RayNode:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Graceful stop (SIGTERM: `ray start --block` tears its processes down), then SIGKILL
         whatever of this node is left."""
+        psutil = _psutil()
         self.descendants()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,310 @@
+"""`ray job submit` of jobs/describe.py and jobs/embed.py on a real two-node Ray cluster (head +
+worker, two `ray start` processes on loopback): the job succeeds, its data stages spread over
+both nodes, it survives losing the worker node mid-embedding, and a driver stopped mid-run leaves
+embeddings in the cache that the next run reuses.
+
+The cluster is separate from the session's in-process Ray (own ports, temp dir and auth token)
+and is stopped process by process, never with `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_nodes import LocalCluster, free_port
+from tests.openai_standin import serve_standin
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+RUNTIME_ENV = {"working_dir": str(REPO), "excludes": [".venv", "runs", ".git"]}
+RUN_FILES = (
+    "config.yaml",
+    "hypotheses.jsonl",
+    "ranked.json",
+    "ranked.parquet",
+    "stats.json",
+    "report.html",
+)
+JOB_TIMEOUT_S = 300.0
+DATA_STAGES = ("Captioner", "ClipPreprocessor", "ClipImageEmbedder")
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (2 CPUs, resource "head") + one worker node (2 CPUs, resource "worker")."""
+    nodes = LocalCluster(root=tmp_path_factory.mktemp("cluster-logs"))
+    try:
+        nodes.start_head(num_cpus=2, resources={"head": 1})
+        nodes.add_worker(num_cpus=2, resources={"worker": 1})
+        assert len(nodes.alive_nodes()) == 2
+        yield nodes
+    finally:
+        nodes.shutdown()
+    assert nodes.leftover_pids() == [], "processes of the test cluster survived its shutdown"
+
+
+@pytest.fixture(scope="module")
+def folders_40(tmp_path_factory, examples_dir) -> tuple[Path, Path]:
+    """40 + 40 of the shared photos as two folders (fewer images: a faster job)."""
+    root = tmp_path_factory.mktemp("folders40")
+    out = []
+    for name in ("set_a", "set_b"):
+        target = root / name
+        target.mkdir()
+        for path in sorted((examples_dir / name).glob("*.jpg"))[:40]:
+            shutil.copy(path, target / path.name)
+        out.append(target)
+    return out[0], out[1]
+
+
+@pytest.fixture(scope="module")
+def proposer_answers(recorded_outputs_path) -> list[str]:
+    return [
+        json.loads(line)["output"]
+        for line in recorded_outputs_path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def submit(cluster: LocalCluster, script: str, args: list[str]) -> str:
+    """What `ray job submit --working-dir . -- python jobs/X.py ...` does, via the SDK."""
+    return cluster.job_client().submit_job(
+        entrypoint=" ".join(["python", script, *args]), runtime_env=RUNTIME_ENV
+    )
+
+
+def wait_for_job(cluster: LocalCluster, sid: str, timeout_s: float = JOB_TIMEOUT_S) -> str:
+    """Terminal status of the job; on timeout the job is stopped and the test fails with its
+    log tail."""
+    client = cluster.job_client()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = client.get_job_status(sid)
+        if status.is_terminal():
+            return str(status.value)
+        if time.monotonic() > deadline:
+            client.stop_job(sid)
+            pytest.fail(f"job {sid} still {status} after {timeout_s} s:\n{job_logs(cluster, sid)}")
+        time.sleep(1.0)
+
+
+def job_logs(cluster: LocalCluster, sid: str) -> str:
+    return cluster.job_client().get_job_logs(sid)
+
+
+def assert_succeeded(cluster: LocalCluster, sid: str, timeout_s: float = JOB_TIMEOUT_S) -> str:
+    status = wait_for_job(cluster, sid, timeout_s)
+    logs = job_logs(cluster, sid)
+    assert status == "SUCCEEDED", f"job {sid} ended {status}:\n{logs[-8000:]}"
+    return logs
+
+
+def ray_job_id(cluster: LocalCluster, sid: str, timeout_s: float = 60.0) -> str:
+    """The Ray job id of a submission (known once its driver has connected)."""
+    client = cluster.job_client()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = client.get_job_info(sid)
+        if info.job_id:
+            return info.job_id
+        if info.status.is_terminal() or time.monotonic() > deadline:
+            pytest.fail(f"job {sid} ({info.status}) never connected a driver:\n{info.message}")
+        time.sleep(0.5)
+
+
+def stage_actors(cluster: LocalCluster, job_id: str, stages=DATA_STAGES) -> list:
+    """Ray Data map workers of the job whose callable is one of `stages` (any state)."""
+    actors = cluster.list_state("actors", [("job_id", "=", job_id)])
+    return [a for a in actors if any(f"({stage})" in (a.class_name or "") for stage in stages)]
+
+
+def read_run(run_dir: Path) -> tuple[list[dict], dict]:
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), f"{name} missing from {run_dir}"
+    ranked = json.loads((run_dir / "ranked.json").read_text())
+    stats = json.loads((run_dir / "stats.json").read_text())
+    return ranked, stats
+
+
+def assert_complete(run_dir: Path, n: int) -> dict:
+    """Every image of both sets read, embedded and ranked; nothing skipped."""
+    ranked, stats = read_run(run_dir)
+    assert ranked, "no ranked hypotheses"
+    assert all(r["n_a"] == n and r["n_b"] == n for r in ranked), [
+        (r["n_a"], r["n_b"]) for r in ranked
+    ]
+    assert stats["images"]["a"]["ranked"] == n and stats["images"]["b"]["ranked"] == n
+    assert stats["skipped"] == []
+    return stats
+
+
+def manifest_args(examples_dir: Path, run_dir: Path, base_url: str) -> list[str]:
+    """A describe run on the manifest's 100 + 100 photos with the manifest's captions and an
+    external LLM (the stand-in): only the embedding stages put load on the cluster."""
+    return [
+        "--config",
+        "configs/examples_manifest.yaml",
+        f"data.manifest={examples_dir / 'manifest.csv'}",
+        f"output_dir={run_dir}",
+        "caption.source=manifest",
+        "llm.backend=external",
+        f"llm.base_url={base_url}",
+        "llm.external_model=gpt-4",
+        "evaluate.enabled=false",
+        "propose.num_rounds=2",
+        "propose.num_samples=10",
+        "clip.batch_size=4",
+        "clip.num_actors=2",
+        "data.num_blocks=40",
+    ]
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(360)
+def test_describe_job_spreads_over_two_nodes(cluster, folders_40, tmp_path):
+    set_a, set_b = folders_40
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    sid = submit(
+        cluster,
+        "jobs/describe.py",
+        [
+            "--config",
+            "configs/examples_folders.yaml",
+            f"data.set_a={set_a}",
+            f"data.set_b={set_b}",
+            "models=tiny",
+            f"output_dir={run_dir}",
+            f"llm.http_port={free_port()}",
+            "propose.num_rounds=2",
+            "propose.num_samples=6",
+            "clip.num_actors=2",
+            "data.num_blocks=8",
+        ],
+    )
+    logs = assert_succeeded(cluster, sid)
+    print(f"multi-node describe job: {time.monotonic() - started:.1f} s")
+
+    assert "[visdiff" in logs and "Top hypotheses" in logs
+    assert str(run_dir) in logs
+    stats = assert_complete(run_dir, 40)
+    assert stats["captioning"]["images_captioned"] > 0
+
+    # Where the data stages ran, from the cluster's state API (outside the job).
+    workers = [a for a in stage_actors(cluster, ray_job_id(cluster, sid)) if a.node_id]
+    nodes = {a.node_id for a in workers}
+    placement = sorted((a.class_name, a.node_id[:8]) for a in workers)
+    assert nodes == {cluster.head.node_id, cluster.workers[0].node_id}, placement
+    assert any("ClipImageEmbedder" in a.class_name for a in workers), placement
+
+
+@pytest.mark.timeout(360)
+def test_describe_job_survives_losing_the_worker_node(
+    cluster, examples_dir, proposer_answers, tmp_path
+):
+    run_dir = tmp_path / "run"
+    worker = cluster.workers[-1]
+    with serve_standin(proposer_answers) as llm:
+        sid = submit(
+            cluster, "jobs/describe.py", manifest_args(examples_dir, run_dir, llm.base_url)
+        )
+        job_id = ray_job_id(cluster, sid)
+
+        # Wait until an embedding-stage actor is up on the worker node, then crash that node.
+        deadline = time.monotonic() + 180
+        while True:
+            on_worker = [
+                a
+                for a in stage_actors(cluster, job_id, ("ClipPreprocessor", "ClipImageEmbedder"))
+                if a.node_id == worker.node_id and a.state == "ALIVE"
+            ]
+            if on_worker:
+                break
+            status = cluster.job_client().get_job_status(sid)
+            assert not status.is_terminal(), f"job ended ({status}) before reaching the worker"
+            assert time.monotonic() < deadline, "no embedding actor was placed on the worker"
+            time.sleep(0.5)
+        raylets = worker.raylet_pids()
+        assert raylets, "the worker node has no raylet"
+        worker.kill()
+        assert worker.alive_pids() == []
+        cluster.wait_for_node_dead(worker.node_id)
+
+        # A replacement node joins (as an autoscaler would add one); the job carries on.
+        replacement = cluster.add_worker(num_cpus=2, resources={"worker": 1})
+        assert_succeeded(cluster, sid)
+
+    assert_complete(run_dir, 100)
+    # The actors that lived on the lost node were restarted elsewhere by Ray.
+    killed = {a.actor_id for a in on_worker}
+    after = [a for a in stage_actors(cluster, job_id) if a.actor_id in killed]
+    assert after and all(a.num_restarts >= 1 or a.node_id != worker.node_id for a in after), [
+        (a.class_name, a.state, a.num_restarts, a.node_id) for a in after
+    ]
+    assert replacement.node_id in {n["node_id"] for n in cluster.alive_nodes()}
+
+
+@pytest.mark.timeout(360)
+def test_cache_survives_a_stopped_driver(cluster, examples_dir, proposer_answers, tmp_path):
+    from visdiff.config import CacheConfig
+
+    assert "root" in CacheConfig.__dataclass_fields__
+    cache = tmp_path / "cache"
+    with serve_standin(proposer_answers) as llm:
+        first = submit(
+            cluster,
+            "jobs/describe.py",
+            [*manifest_args(examples_dir, tmp_path / "run1", llm.base_url), f"cache.root={cache}"],
+        )
+        deadline = time.monotonic() + 180
+        while not any(cache.rglob("*.parquet")):
+            status = cluster.job_client().get_job_status(first)
+            assert not status.is_terminal(), (
+                f"job ended ({status}) before writing to the cache:\n{job_logs(cluster, first)}"
+            )
+            assert time.monotonic() < deadline, "no cache file written"
+            time.sleep(0.2)
+        assert cluster.job_client().stop_job(first)
+        assert wait_for_job(cluster, first, 60) == "STOPPED"
+        assert not (tmp_path / "run1" / "ranked.json").exists(), "the job finished before the stop"
+
+        rerun = submit(
+            cluster,
+            "jobs/describe.py",
+            [*manifest_args(examples_dir, tmp_path / "run2", llm.base_url), f"cache.root={cache}"],
+        )
+        assert_succeeded(cluster, rerun)
+    stats = assert_complete(tmp_path / "run2", 100)
+    assert stats["cache"]["hits"] > 0, stats["cache"]
+    assert stats["cache"]["hits"] + stats["cache"]["misses"] == 200, stats["cache"]
+
+    # `jobs/embed.py` over the same images now finds every embedding in the cache.
+    sid = submit(
+        cluster,
+        "jobs/embed.py",
+        [
+            "--config",
+            "configs/examples_manifest.yaml",
+            f"data.manifest={examples_dir / 'manifest.csv'}",
+            f"output_dir={tmp_path / 'embed'}",
+            f"cache.root={cache}",
+        ],
+    )
+    logs = assert_succeeded(cluster, sid)
+    embed_stats = json.loads((tmp_path / "embed" / "embed_stats.json").read_text())
+    assert embed_stats["cache"] == {"root": str(cache), "hits": 200, "misses": 0}, embed_stats
+    assert "200 already cached" in logs
