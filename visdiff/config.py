@@ -46,7 +46,7 @@ class ClipConfig:
 
 @dataclass
 class CaptionerConfig:
-    kind: str = "blip"  # registry name: blip | blip2
+    kind: str = "blip"  # blip | blip2 (transformers) | vllm (VLM on GPUs via ray.data.llm)
     model: str = "tiny"  # hub id, local folder, or "tiny" (random init, offline)
     prompt: str | None = None  # optional text prefix for conditional captioning
     max_new_tokens: int = 30
@@ -154,7 +154,7 @@ class DescribeConfig:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "models": PRESETS,
     "clip.precision": ("fp32", "fp16", "bf16"),
-    "captioner.kind": ("blip", "blip2"),
+    "captioner.kind": ("blip", "blip2", "vllm"),
     "captioner.precision": ("fp32", "fp16", "bf16"),
     "llm.backend": ("serve", "external"),
     "llm.engine": ("transformers", "vllm"),

@@ -188,9 +188,26 @@ def _check_clip_tag(arch: str, tag: str, tag_cfg: dict, preset: str) -> None:
         ) from None
 
 
+def check_engines_installed(config: DescribeConfig) -> None:
+    """vLLM is an optional extra: say so before anything starts, not from deep inside Ray."""
+    import importlib.util
+
+    wanted = []
+    if config.llm.backend == "serve" and config.llm.engine == "vllm":
+        wanted.append("llm.engine=vllm")
+    if config.caption.source != "manifest" and config.captioner.kind == "vllm":
+        wanted.append("captioner.kind=vllm")
+    if wanted and importlib.util.find_spec("vllm") is None:
+        raise ModelUnavailableError(
+            f"{' and '.join(wanted)} (models={config.models}) need vLLM, which is not installed: "
+            "pip install -e '.[gpu]' on GPU nodes, or use models=cpu / models=tiny"
+        )
+
+
 def check_models_available(config: DescribeConfig) -> None:
     """Raise ModelUnavailableError for the first model of the run that cannot be obtained."""
     preset = config.models
+    check_engines_installed(config)
     check_clip_available(config.clip.arch, config.clip.pretrained, preset)
     if config.caption.source != "manifest":  # manifest captions never load the captioner
         check_model_available("captioner", config.captioner.model, "captioner.model", preset)

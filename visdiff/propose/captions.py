@@ -40,6 +40,8 @@ def caption_images(
 
     items = [{k: v for k, v in r.items() if k != schema.CAPTION} for r in rows]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 64)))
+    if cfg.kind == "vllm":
+        return _caption_with_vlm(ds, cfg)
     ds = ds.map_batches(
         Captioner,
         fn_constructor_kwargs={"captioner_cfg": cfg, "cache_root": cache_root},
@@ -51,6 +53,25 @@ def caption_images(
     return {
         row[schema.ID]: (row[schema.GENERATED_CAPTION], row[schema.ERROR]) for row in ds.take_all()
     }
+
+
+def _caption_with_vlm(ds: Any, cfg: CaptionerConfig) -> dict[str, tuple[str, str]]:
+    """VLM on vLLM through ray.data.llm; rows whose bytes cannot be read never reach it."""
+    from visdiff.stages.images import load_bytes
+    from visdiff.stages.vlm_caption import build_vlm_captioner
+
+    def with_bytes(batch: dict[str, Any]) -> dict[str, Any]:
+        datas, errors = load_bytes(batch)
+        return {**batch, schema.IMAGE_BYTES: [d or b"" for d in datas], schema.ERROR: errors}
+
+    rows = ds.map_batches(with_bytes, batch_format="numpy").materialize()
+    bad = {
+        r[schema.ID]: ("", r[schema.ERROR])
+        for r in rows.filter(lambda r: r[schema.ERROR] != "").take_all()
+    }
+    good = build_vlm_captioner(cfg)(rows.filter(lambda r: r[schema.ERROR] == ""))
+    out = {r[schema.ID]: (r[schema.GENERATED_CAPTION], r[schema.ERROR]) for r in good.take_all()}
+    return {**bad, **out}
 
 
 def _eligible(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:

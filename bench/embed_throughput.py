@@ -1,0 +1,193 @@
+"""Images/s of the Ray Data embedding stage vs the bare CLIP forward pass on the same machine.
+
+Pipeline: `visdiff.rank.ranker.embed_images` over `records_dataset` of generated JPEG files
+(read, decode, preprocess, cache-less embed, materialise). Bare: `load_clip` +
+`clip_image_embeddings` on tensors that were preprocessed beforehand, same batch size and torch
+thread count. Weights are random (offline) but the architecture is real-size, so compute costs
+what it costs in production.
+
+The ratio uses the pipeline's steady-state rate: (N - W) / (t(N) - t(W)), t(W) being a run
+over one batch (W images). Both runs pay the same actor start-up and model load, which the
+difference cancels; that fixed cost is amortised away on production-size inputs (10^5+ images)
+and is reported separately (`pipeline_startup_s`, `pipeline_end_to_end_images_per_s`).
+
+    python bench/embed_throughput.py [--quick] [--threads T] [--batch-size B] [--num-decoders K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+TARGET = 0.9  # pipeline steady-state images/s over bare forward-pass images/s
+IMAGE_SIZE = 256
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run (< 1 min on 2 cores)")
+    parser.add_argument("--n", type=int, default=None, help="images (default 512, quick 128)")
+    parser.add_argument("--arch", default=None, help="open_clip arch (ViT-B-32; quick ViT-S-32)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads, bare and actor (cores)"
+    )
+    parser.add_argument("--num-decoders", type=int, default=1, help="clip.num_decoders")
+    parser.add_argument("--clip-num-cpus", type=float, default=1.0, help="clip.num_cpus")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="local Ray CPU slots")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def preprocessed_tensors(records: list, clip_cfg):
+    """The bare baseline's input: every image decoded and preprocessed up front (untimed)."""
+    import torch
+
+    from visdiff.models.clip import build_eval_transform
+    from visdiff.sources.decode import read_and_decode
+
+    transform = build_eval_transform(clip_cfg)
+    return torch.stack([transform(read_and_decode(r.uri)) for r in records])
+
+
+def bare_seconds(bundle, pixels, batch_size: int) -> float:
+    from visdiff.models.clip import clip_image_embeddings
+
+    started = time.perf_counter()
+    for start in range(0, pixels.shape[0], batch_size):
+        clip_image_embeddings(bundle, pixels[start : start + batch_size])
+    return time.perf_counter() - started
+
+
+def pipeline_run(records: list, clip_cfg) -> tuple[float, object]:
+    from visdiff.rank.ranker import embed_images
+    from visdiff.sources.datasets import records_dataset
+
+    started = time.perf_counter()
+    embedded = embed_images(records_dataset(records), clip_cfg)
+    seconds = time.perf_counter() - started
+    if embedded.num_rows != len(records) or embedded.skipped:
+        raise RuntimeError(f"pipeline embedded {embedded.num_rows}/{len(records)} images")
+    return seconds, embedded
+
+
+def main() -> None:
+    args = parse_args()
+    _common.setup_paths()
+    import numpy as np
+    import torch
+
+    from visdiff.config import ClipConfig
+    from visdiff.models.clip import clip_image_embeddings, load_clip
+    from visdiff.sources.folders import list_folder
+
+    n = args.n or (128 if args.quick else 512)
+    arch = args.arch or ("ViT-S-32" if args.quick else "ViT-B-32")
+    threads = args.threads or os.cpu_count() or 1
+    config = {
+        "benchmark": "embed_throughput",
+        "n": n,
+        "arch": arch,
+        "pretrained": None,
+        "batch_size": args.batch_size,
+        "torch_threads": threads,
+        "num_decoders": args.num_decoders,
+        "clip_num_cpus": args.clip_num_cpus,
+        "ray_cpus": args.ray_cpus,
+        "image_size": IMAGE_SIZE,
+        "seed": args.seed,
+    }
+    _common.say(f"embed_throughput: {config}")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(threads)
+    clip_cfg = ClipConfig(
+        arch=arch,
+        pretrained=None,
+        batch_size=args.batch_size,
+        num_decoders=args.num_decoders,
+        num_cpus=args.clip_num_cpus,
+    )
+    root = _common.BENCH_CACHE / f"embed_n{n}_s{IMAGE_SIZE}_seed{args.seed}"
+    folder_a, folder_b = _common.jpeg_folders(root, n // 2, IMAGE_SIZE, args.seed)
+    records = list_folder(str(folder_a), "a", "set_a") + list_folder(str(folder_b), "b", "set_b")
+    _common.say(f"{len(records)} JPEGs ({IMAGE_SIZE}x{IMAGE_SIZE}) in {root}")
+
+    # Bare forward pass: model load and one warm-up batch untimed; the timed pass is split in
+    # two halves, before and after the pipeline, so that drifting machine load hits both sides.
+    pixels = preprocessed_tensors(records, clip_cfg)
+    started = time.perf_counter()
+    bundle = load_clip(clip_cfg)
+    load_s = time.perf_counter() - started
+    clip_image_embeddings(bundle, pixels[: args.batch_size])
+    half = (len(records) // 2 // args.batch_size) * args.batch_size or len(records)
+    bare_first = bare_seconds(bundle, pixels[:half], args.batch_size)
+    _common.say(f"bare, first half: {half / bare_first:.2f} images/s")
+
+    warm = args.batch_size
+    with _common.local_ray(
+        args.ray_cpus, object_store_mb=1024, env_vars={"OMP_NUM_THREADS": str(threads)}
+    ) as ray_info:
+        small_s, _ = pipeline_run(records[:warm], clip_cfg)
+        _common.say(f"pipeline on {warm} images (start-up + one batch): {small_s:.1f} s")
+        full_s, embedded = pipeline_run(records, clip_cfg)
+        _common.say(f"pipeline on {len(records)} images: {full_s:.1f} s")
+        rows = embedded.dataset.select_columns(["id", "embedding"]).take_all()
+
+    bare_second = bare_seconds(bundle, pixels[half:], args.batch_size)
+    bare_s = bare_first + bare_second
+    bare_rate = len(records) / bare_s
+    _common.say(f"bare, second half: {(len(records) - half) / max(bare_second, 1e-9):.2f} images/s")
+
+    # Same weights and preprocessing on both sides: the embeddings must agree.
+    index = {r.id: i for i, r in enumerate(records)}
+    reference = clip_image_embeddings(bundle, pixels[: args.batch_size])
+    got = {row["id"]: np.asarray(row["embedding"]) for row in rows}
+    max_diff = max(
+        float(np.abs(got[r.id] - reference[index[r.id]]).max()) for r in records[: args.batch_size]
+    )
+
+    steady_rate = (len(records) - warm) / max(full_s - small_s, 1e-9)
+    startup_s = max(small_s - warm / steady_rate, 0.0)
+    value = steady_rate / bare_rate
+    result = {
+        "benchmark": "embed_throughput",
+        "quick": args.quick,
+        "n": len(records),
+        "arch": arch,
+        "batch_size": args.batch_size,
+        "torch_threads": threads,
+        "num_decoders": args.num_decoders,
+        "clip_num_cpus": args.clip_num_cpus,
+        "ray": ray_info,
+        "bare_images_per_s": round(bare_rate, 3),
+        "bare_model_load_s": round(load_s, 2),
+        "pipeline_images_per_s": round(steady_rate, 3),
+        "pipeline_end_to_end_images_per_s": round(len(records) / full_s, 3),
+        "pipeline_seconds": round(full_s, 2),
+        "pipeline_warmup_seconds": round(small_s, 2),
+        "pipeline_startup_s": round(startup_s, 2),
+        "ratio": round(value, 4),
+        "ratio_end_to_end": round((len(records) / full_s) / bare_rate, 4),
+        "ratio_definition": "pipeline steady-state images/s / bare forward images/s",
+        "embedding_max_abs_diff": max_diff,
+        "target": f"ratio >= {TARGET}",
+        "meets_target": bool(value >= TARGET),
+        "config_hash": _common.config_hash(config),
+        "machine": _common.machine(),
+    }
+    _common.say(
+        f"bare {bare_rate:.2f} img/s, pipeline {steady_rate:.2f} img/s steady "
+        f"({len(records) / full_s:.2f} end to end): ratio {value:.3f} (target >= {TARGET})"
+    )
+    _common.print_result(result)
+
+
+if __name__ == "__main__":
+    main()
