@@ -218,8 +218,13 @@ def local_ray(
 
 
 def _quiet_ray_data() -> None:
-    """No progress bars: they would bury the benchmark's own lines."""
+    """No progress bars or per-execution log lines: they would bury the benchmark's own lines."""
+    import logging
+
     import ray.data
+
+    for name in ("ray", "ray.data", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

@@ -1,0 +1,201 @@
+"""Ranking at scale: `score_hypotheses` over N synthetic embeddings per set, for growing N.
+
+The embeddings are generated on the Ray workers (never on the driver) and materialised before
+timing, like the output of the embedding stage; H hypotheses get random unit text embeddings.
+The score stage reduces every block to mergeable partial statistics and the driver merges them
+one at a time, so driver memory should stay flat in N (above `RankConfig.exact_cap` images the
+exact per-image scores are dropped for histograms) and time should grow linearly.
+
+Targets: peak driver RSS during scoring at the largest N at most +200 MB over the smallest N
+(a fixed allowance rather than a ratio: the driver's baseline, ~300 MB of Ray and imports,
+would make a ratio meaningless), and seconds per image at the largest N at most 1.5x those at
+the smallest N (time at most linear; fixed start-up costs make small N slower per image).
+
+    python bench/rank_scale.py [--quick | --smoke] [--sizes 10000,100000] [--dim 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+MEMORY_ALLOWANCE_MB = 200.0
+TIME_RATIO_LIMIT = 1.5
+SIZES = {"full": (10**4, 10**5, 10**6), "quick": (10**3, 10**4, 10**5), "smoke": (10**3, 10**4)}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="N = 10^3, 10^4, 10^5 per set")
+    mode.add_argument("--smoke", action="store_true", help="N = 10^3, 10^4 (for the test suite)")
+    parser.add_argument("--sizes", default=None, help="comma-separated N per set (overrides)")
+    parser.add_argument("--hypotheses", type=int, default=100)
+    parser.add_argument("--dim", type=int, default=64, help="embedding dimension")
+    parser.add_argument("--rows-per-block", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def synthetic_embeddings(
+    batch: dict[str, Any], *, n_per_set: int, dim: int, seed: int
+) -> dict[str, Any]:
+    """Rows of the embedding stage's output for ids 0..2N-1: the first N are set A, whose
+    vectors lean a little along the first axis so that the AUROCs are not all 0.5."""
+    import numpy as np
+
+    ids = np.asarray(batch["id"], dtype=np.int64)
+    rng = np.random.default_rng([seed, int(ids[0]) if len(ids) else 0])
+    is_a = ids < n_per_set
+    vectors = rng.standard_normal((len(ids), dim), dtype=np.float32)
+    vectors[is_a, 0] += 0.5
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sets = np.where(is_a, "a", "b").astype(object)
+    names = np.array([f"{s}/{i}" for s, i in zip(sets, ids, strict=True)], dtype=object)
+    return {
+        "id": names,
+        "set": sets,
+        "uri": np.array([f"synthetic://{name}" for name in names], dtype=object),
+        "error": np.full(len(ids), "", dtype=object),
+        "embedding": vectors,
+        "from_cache": np.zeros(len(ids), dtype=bool),
+    }
+
+
+def embedded_images(n_per_set: int, dim: int, rows_per_block: int, seed: int):
+    import ray.data
+
+    from visdiff.rank.ranker import EmbeddedImages
+
+    total = 2 * n_per_set
+    ds = ray.data.range(total, override_num_blocks=max(2, math.ceil(total / rows_per_block)))
+    ds = ds.map_batches(
+        synthetic_embeddings,
+        fn_kwargs={"n_per_set": n_per_set, "dim": dim, "seed": seed},
+        batch_size=None,
+        batch_format="numpy",
+    ).materialize()
+    return EmbeddedImages(ds, total, {"a": n_per_set, "b": n_per_set})
+
+
+def main() -> None:
+    args = parse_args()
+    _common.setup_paths()
+    import numpy as np
+
+    from visdiff.config import RankConfig
+    from visdiff.rank.ranker import score_hypotheses
+
+    mode = "quick" if args.quick else "smoke" if args.smoke else "full"
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(SIZES[mode])
+    rank_cfg = RankConfig()
+    config = {
+        "benchmark": "rank_scale",
+        "sizes": sizes,
+        "hypotheses": args.hypotheses,
+        "dim": args.dim,
+        "rows_per_block": args.rows_per_block,
+        "exact_cap": rank_cfg.exact_cap,
+        "histogram_bins": rank_cfg.histogram_bins,
+        "seed": args.seed,
+    }
+    _common.say(f"rank_scale ({mode}): {config}")
+    rng = np.random.default_rng(args.seed)
+    text = rng.standard_normal((args.hypotheses, args.dim)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    hypotheses = [f"hypothesis {j:03d}" for j in range(args.hypotheses)]
+
+    largest_rows = 2 * max(sizes) * (args.dim * 4 + 64)
+    store_mb = int(min(4096, max(512, 2 * largest_rows / _common.MB)))
+    runs = []
+    with _common.local_ray(object_store_mb=store_mb) as ray_info:
+        # Untimed warm-up: Ray Data's first execution and worker imports are one-off costs that
+        # would otherwise be charged to the smallest N.
+        score_hypotheses(embedded_images(100, args.dim, 100, args.seed), hypotheses, text, rank_cfg)
+        for n in sizes:
+            started = time.perf_counter()
+            embedded = embedded_images(n, args.dim, args.rows_per_block, args.seed)
+            generate_s = time.perf_counter() - started
+            gc.collect()
+            with _common.RssSampler() as memory:
+                started = time.perf_counter()
+                ranked = score_hypotheses(embedded, hypotheses, text, rank_cfg)
+                seconds = time.perf_counter() - started
+            if {(s.n_a, s.n_b) for s in ranked} != {(n, n)} or len(ranked) != args.hypotheses:
+                raise RuntimeError(f"N={n}: ranked counts do not match the input")
+            exact = all(s.auroc_exact for s in ranked)
+            run = {
+                "n_per_set": n,
+                "images": 2 * n,
+                "blocks": embedded.dataset.num_blocks(),
+                "path": "exact" if exact else "histogram",
+                "max_auroc_error_bound": max(s.auroc_error_bound for s in ranked),
+                "top_auroc": ranked[0].auroc,
+                "generate_seconds": round(generate_s, 2),
+                "seconds": round(seconds, 3),
+                "microseconds_per_image": round(seconds / (2 * n) * 1e6, 3),
+                **memory.as_dict(),
+            }
+            runs.append(run)
+            _common.say(
+                f"N={n:>8} per set: {run['path']:9} {seconds:7.2f} s "
+                f"({run['microseconds_per_image']:.2f} us/image), driver RSS peak "
+                f"{run['rss_peak_mb']} MB (+{run['rss_peak_growth_mb']} MB during scoring), "
+                f"max AUROC error bound {run['max_auroc_error_bound']:.2e}"
+            )
+            del embedded, ranked
+            gc.collect()
+
+    small, large = runs[0], runs[-1]
+    memory_growth = large["rss_peak_mb"] - small["rss_peak_mb"]
+    time_ratio = large["microseconds_per_image"] / small["microseconds_per_image"]
+    # Linear fit t = a + b * images: separates the fixed start-up from the per-image cost.
+    images = np.array([r["images"] for r in runs], dtype=float)
+    secs = np.array([r["seconds"] for r in runs], dtype=float)
+    slope, intercept = np.polyfit(images, secs, 1) if len(runs) > 1 else (math.nan, math.nan)
+    meets = bool(memory_growth <= MEMORY_ALLOWANCE_MB and time_ratio <= TIME_RATIO_LIMIT)
+    result = {
+        "benchmark": "rank_scale",
+        "mode": mode,
+        "quick": args.quick,
+        "hypotheses": args.hypotheses,
+        "dim": args.dim,
+        "rows_per_block": args.rows_per_block,
+        "exact_cap": rank_cfg.exact_cap,
+        "runs": runs,
+        "peak_rss_growth_mb": round(memory_growth, 1),
+        "peak_rss_ratio": _common.ratio(large["rss_peak_mb"], small["rss_peak_mb"]),
+        "ratio": round(time_ratio, 4),
+        "ratio_definition": "seconds per image at the largest N / at the smallest N",
+        "fit_fixed_seconds": round(float(intercept), 3),
+        "fit_microseconds_per_image": round(float(slope) * 1e6, 3),
+        "ray": ray_info,
+        "target": (
+            f"peak driver RSS(largest N) - peak(smallest N) <= {MEMORY_ALLOWANCE_MB:.0f} MB and "
+            f"ratio <= {TIME_RATIO_LIMIT}"
+        ),
+        "meets_memory_target": bool(memory_growth <= MEMORY_ALLOWANCE_MB),
+        "meets_time_target": bool(time_ratio <= TIME_RATIO_LIMIT),
+        "meets_target": meets,
+        "config_hash": _common.config_hash(config),
+        "machine": _common.machine(),
+    }
+    _common.say(
+        f"driver peak RSS growth {memory_growth:+.1f} MB (allowance {MEMORY_ALLOWANCE_MB:.0f}); "
+        f"per-image time ratio largest/smallest {time_ratio:.3f} (limit {TIME_RATIO_LIMIT}); "
+        f"fit: {intercept:.2f} s + {slope * 1e6:.2f} us/image"
+    )
+    _common.print_result(result)
+
+
+if __name__ == "__main__":
+    main()
