@@ -77,6 +77,20 @@ def current_rss_bytes() -> int:
         return lifetime_peak_rss_bytes()
 
 
+def current_anon_rss_bytes() -> int:
+    """The private (anonymous) part of RSS: the driver's own heap. RSS also counts pages of
+    Ray's shared-memory object store that the driver has mapped while reading results, which
+    belong to the object store's budget, not to the driver; 0 where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def lifetime_peak_rss_bytes() -> int:
     """`ru_maxrss` of this process (kilobytes on Linux): the peak since start, never reset."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -95,6 +109,8 @@ class RssSampler:
         self.start = 0
         self.peak = 0
         self.end = 0
+        self.anon_start = 0
+        self.anon_peak = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,11 +118,13 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, current_rss_bytes())
+            self.anon_peak = max(self.anon_peak, current_anon_rss_bytes())
             self.samples += 1
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> RssSampler:
         self.start = self.peak = current_rss_bytes()
+        self.anon_start = self.anon_peak = current_anon_rss_bytes()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
         return self
@@ -124,6 +142,8 @@ class RssSampler:
             "rss_peak_mb": round(self.peak / MB, 1),
             "rss_end_mb": round(self.end / MB, 1),
             "rss_peak_growth_mb": round((self.peak - self.start) / MB, 1),
+            "anon_rss_start_mb": round(self.anon_start / MB, 1),
+            "anon_rss_peak_mb": round(self.anon_peak / MB, 1),
         }
 
 
@@ -188,7 +208,9 @@ def local_ray(
 
     slots = num_cpus or local_cpu_slots()
     env = {
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+        ),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

@@ -43,6 +43,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--num-decoders", type=int, default=1, help="clip.num_decoders")
     parser.add_argument("--clip-num-cpus", type=float, default=1.0, help="clip.num_cpus")
+    parser.add_argument(
+        "--ray-default-threads",
+        action="store_true",
+        help="do not pass OMP_NUM_THREADS to the workers: Ray's default (= the actor's num_cpus)",
+    )
     parser.add_argument("--ray-cpus", type=int, default=None, help="local Ray CPU slots")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -100,9 +105,13 @@ def main() -> None:
         "pretrained": None,
         "batch_size": args.batch_size,
         "torch_threads": threads,
+        "actor_torch_threads": "ray default (clip.num_cpus)"
+        if args.ray_default_threads
+        else threads,
         "num_decoders": args.num_decoders,
         "clip_num_cpus": args.clip_num_cpus,
         "ray_cpus": args.ray_cpus,
+        "ray_default_threads": args.ray_default_threads,
         "image_size": IMAGE_SIZE,
         "seed": args.seed,
     }
@@ -133,9 +142,8 @@ def main() -> None:
     _common.say(f"bare, first half: {half / bare_first:.2f} images/s")
 
     warm = args.batch_size
-    with _common.local_ray(
-        args.ray_cpus, object_store_mb=1024, env_vars={"OMP_NUM_THREADS": str(threads)}
-    ) as ray_info:
+    worker_env = {} if args.ray_default_threads else {"OMP_NUM_THREADS": str(threads)}
+    with _common.local_ray(args.ray_cpus, object_store_mb=1024, env_vars=worker_env) as ray_info:
         first_s, _ = pipeline_run(records[:warm], clip_cfg)
         _common.say(f"pipeline warm-up call on {warm} images (untimed): {first_s:.1f} s")
         small_s, _ = pipeline_run(records[:warm], clip_cfg)
@@ -167,6 +175,9 @@ def main() -> None:
         "arch": arch,
         "batch_size": args.batch_size,
         "torch_threads": threads,
+        "actor_torch_threads": "ray default (clip.num_cpus)"
+        if args.ray_default_threads
+        else threads,
         "num_decoders": args.num_decoders,
         "clip_num_cpus": args.clip_num_cpus,
         "ray": ray_info,

@@ -11,6 +11,9 @@ Targets: peak driver RSS during scoring at the largest N at most +200 MB over th
 would make a ratio meaningless), and seconds per image at the largest N at most 1.5x those at
 the smallest N (time at most linear; fixed start-up costs make small N slower per image).
 
+Each N runs in a fresh process with its own local Ray (the script re-invokes itself with
+`--single N`), so that memory kept or freed by one size cannot be charged to another.
+
     python bench/rank_scale.py [--quick | --smoke] [--sizes 10000,100000] [--dim 64]
 """
 
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension")
     parser.add_argument("--rows-per-block", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -87,13 +93,68 @@ def embedded_images(n_per_set: int, dim: int, rows_per_block: int, seed: int):
     return EmbeddedImages(ds, total, {"a": n_per_set, "b": n_per_set})
 
 
-def main() -> None:
-    args = parse_args()
-    _common.setup_paths()
+def run_single(args: argparse.Namespace) -> None:
+    """Scores N = `args.single` per set in this process, with its own local Ray; prints the
+    figures of that one size as the last line."""
     import numpy as np
 
     from visdiff.config import RankConfig
     from visdiff.rank.ranker import score_hypotheses
+
+    n = int(args.single)
+    rank_cfg = RankConfig()
+    rng = np.random.default_rng(args.seed)
+    text = rng.standard_normal((args.hypotheses, args.dim)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    hypotheses = [f"hypothesis {j:03d}" for j in range(args.hypotheses)]
+    store_mb = int(min(4096, max(512, 4 * n * (args.dim * 4 + 64) / _common.MB)))
+    with _common.local_ray(object_store_mb=store_mb) as ray_info:
+        # Untimed warm-up: Ray Data's first execution and worker imports are one-off costs.
+        score_hypotheses(embedded_images(100, args.dim, 100, args.seed), hypotheses, text, rank_cfg)
+        started = time.perf_counter()
+        embedded = embedded_images(n, args.dim, args.rows_per_block, args.seed)
+        generate_s = time.perf_counter() - started
+        blocks = embedded.dataset.num_blocks()
+        gc.collect()
+        with _common.RssSampler() as memory:
+            started = time.perf_counter()
+            ranked = score_hypotheses(embedded, hypotheses, text, rank_cfg)
+            seconds = time.perf_counter() - started
+    if {(s.n_a, s.n_b) for s in ranked} != {(n, n)} or len(ranked) != args.hypotheses:
+        raise RuntimeError(f"N={n}: ranked counts do not match the input")
+    exact = all(s.auroc_exact for s in ranked)
+    run = {
+        "n_per_set": n,
+        "images": 2 * n,
+        "blocks": blocks,
+        "path": "exact" if exact else "histogram",
+        "max_auroc_error_bound": max(s.auroc_error_bound for s in ranked),
+        "top_auroc": ranked[0].auroc,
+        "generate_seconds": round(generate_s, 2),
+        "seconds": round(seconds, 3),
+        "microseconds_per_image": round(seconds / (2 * n) * 1e6, 3),
+        "ray": ray_info,
+        **memory.as_dict(),
+    }
+    _common.say(
+        f"N={n:>8} per set: {run['path']:9} {seconds:7.2f} s "
+        f"({run['microseconds_per_image']:.2f} us/image), driver RSS peak "
+        f"{run['rss_peak_mb']} MB (+{run['rss_peak_growth_mb']} MB during scoring; private "
+        f"{run['anon_rss_start_mb']} -> {run['anon_rss_peak_mb']} MB), "
+        f"max AUROC error bound {run['max_auroc_error_bound']:.2e}"
+    )
+    _common.print_result(run)
+
+
+def main() -> None:
+    args = parse_args()
+    _common.setup_paths()
+    if args.single is not None:
+        run_single(args)
+        return
+    import numpy as np
+
+    from visdiff.config import RankConfig
 
     mode = "quick" if args.quick else "smoke" if args.smoke else "full"
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(SIZES[mode])
@@ -109,54 +170,23 @@ def main() -> None:
         "seed": args.seed,
     }
     _common.say(f"rank_scale ({mode}): {config}")
-    rng = np.random.default_rng(args.seed)
-    text = rng.standard_normal((args.hypotheses, args.dim)).astype(np.float32)
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    hypotheses = [f"hypothesis {j:03d}" for j in range(args.hypotheses)]
-
-    largest_rows = 2 * max(sizes) * (args.dim * 4 + 64)
-    store_mb = int(min(4096, max(512, 2 * largest_rows / _common.MB)))
     runs = []
-    with _common.local_ray(object_store_mb=store_mb) as ray_info:
-        # Untimed warm-up: Ray Data's first execution and worker imports are one-off costs that
-        # would otherwise be charged to the smallest N.
-        score_hypotheses(embedded_images(100, args.dim, 100, args.seed), hypotheses, text, rank_cfg)
-        for n in sizes:
-            started = time.perf_counter()
-            embedded = embedded_images(n, args.dim, args.rows_per_block, args.seed)
-            generate_s = time.perf_counter() - started
-            gc.collect()
-            with _common.RssSampler() as memory:
-                started = time.perf_counter()
-                ranked = score_hypotheses(embedded, hypotheses, text, rank_cfg)
-                seconds = time.perf_counter() - started
-            if {(s.n_a, s.n_b) for s in ranked} != {(n, n)} or len(ranked) != args.hypotheses:
-                raise RuntimeError(f"N={n}: ranked counts do not match the input")
-            exact = all(s.auroc_exact for s in ranked)
-            run = {
-                "n_per_set": n,
-                "images": 2 * n,
-                "blocks": embedded.dataset.num_blocks(),
-                "path": "exact" if exact else "histogram",
-                "max_auroc_error_bound": max(s.auroc_error_bound for s in ranked),
-                "top_auroc": ranked[0].auroc,
-                "generate_seconds": round(generate_s, 2),
-                "seconds": round(seconds, 3),
-                "microseconds_per_image": round(seconds / (2 * n) * 1e6, 3),
-                **memory.as_dict(),
-            }
-            runs.append(run)
-            _common.say(
-                f"N={n:>8} per set: {run['path']:9} {seconds:7.2f} s "
-                f"({run['microseconds_per_image']:.2f} us/image), driver RSS peak "
-                f"{run['rss_peak_mb']} MB (+{run['rss_peak_growth_mb']} MB during scoring), "
-                f"max AUROC error bound {run['max_auroc_error_bound']:.2e}"
-            )
-            del embedded, ranked
-            gc.collect()
+    for n in sizes:
+        command = [sys.executable, __file__, "--single", str(n), "--seed", str(args.seed)]
+        command += ["--hypotheses", str(args.hypotheses), "--dim", str(args.dim)]
+        command += ["--rows-per-block", str(args.rows_per_block)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        if done.returncode != 0 or not lines:
+            sys.stderr.write(done.stderr[-5000:])
+            raise SystemExit(f"N={n} failed (exit {done.returncode})")
+        for line in lines[:-1]:
+            _common.say(line)
+        runs.append(json.loads(lines[-1]))
 
     small, large = runs[0], runs[-1]
     memory_growth = large["rss_peak_mb"] - small["rss_peak_mb"]
+    max_growth = max(r["rss_peak_mb"] for r in runs) - small["rss_peak_mb"]
     time_ratio = large["microseconds_per_image"] / small["microseconds_per_image"]
     # Linear fit t = a + b * images: separates the fixed start-up from the per-image cost.
     images = np.array([r["images"] for r in runs], dtype=float)
@@ -174,11 +204,12 @@ def main() -> None:
         "runs": runs,
         "peak_rss_growth_mb": round(memory_growth, 1),
         "peak_rss_ratio": _common.ratio(large["rss_peak_mb"], small["rss_peak_mb"]),
+        "peak_rss_max_growth_mb": round(max_growth, 1),
+        "anon_rss_peak_growth_mb": round(large["anon_rss_peak_mb"] - small["anon_rss_peak_mb"], 1),
         "ratio": round(time_ratio, 4),
         "ratio_definition": "seconds per image at the largest N / at the smallest N",
         "fit_fixed_seconds": round(float(intercept), 3),
         "fit_microseconds_per_image": round(float(slope) * 1e6, 3),
-        "ray": ray_info,
         "target": (
             f"peak driver RSS(largest N) - peak(smallest N) <= {MEMORY_ALLOWANCE_MB:.0f} MB and "
             f"ratio <= {TIME_RATIO_LIMIT}"

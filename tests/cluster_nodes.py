@@ -256,10 +256,15 @@ class LocalCluster:
         self, *, num_cpus: int, resources: dict[str, float] | None = None, wait: bool = True
     ) -> RayNode:
         name = f"worker{len(self.workers) + 1}"
+        # Its own temp dir, like a separate machine's disk: nodes that share the head's session
+        # dir also share runtime_env's unpacked working_dir, and one node's runtime-env agent
+        # then deletes the folder that another node's workers run in.
+        temp_dir = self.temp_dir / f"w{len(self.workers) + 1}"
         node = self._spawn(
             name,
             [
                 f"--address={self.gcs_address}",
+                f"--temp-dir={temp_dir}",
                 f"--num-cpus={num_cpus}",
                 f"--resources={json.dumps(resources or {'worker': 1})}",
                 *_own_ports(),

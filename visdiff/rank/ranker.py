@@ -3,6 +3,7 @@ hypotheses, score each block where its embeddings are and merge the partial stat
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ class EmbeddedImages:
     rows_per_set: dict[str, int] = field(default_factory=dict)
     from_cache: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+SCORE_BATCH_ROWS = 8192  # rows scored per task: fewer, fuller partials than one per small block
 
 
 def _actor_pool(size: int) -> Any:
@@ -107,27 +111,27 @@ def score_hypotheses(
     text_embeddings: np.ndarray,
     rank_cfg: RankConfig,
 ) -> list[HypothesisStats]:
-    """Scores block by block and merges partials one at a time: driver memory stays flat."""
-    from visdiff.stages.score import BlockScorer
+    """Scores where the embeddings are (Ray Data tasks over batches of `SCORE_BATCH_ROWS`) and
+    merges the per-batch partials in one streaming pass: driver memory does not grow with N."""
+    from visdiff.rank.partials import merge_all
+    from visdiff.stages.score import score_block
 
+    options = {
+        "threshold": rank_cfg.classify_threshold,
+        "num_bins": rank_cfg.histogram_bins,
+        "exact_cap": rank_cfg.exact_cap,
+    }
     partial_rows = embedded.dataset.map_batches(
-        BlockScorer,
-        fn_constructor_kwargs={
-            "text_embeddings": text_embeddings,
-            "threshold": rank_cfg.classify_threshold,
-            "num_bins": rank_cfg.histogram_bins,
-            "exact_cap": rank_cfg.exact_cap,
-        },
-        compute=_actor_pool(1),
-        batch_size=None,
+        score_block,
+        fn_kwargs={"text_embeddings": np.asarray(text_embeddings, np.float32), **options},
+        batch_size=SCORE_BATCH_ROWS,
         num_cpus=0.5,
     )
-    merged = ScorePartials.empty(
-        len(hypotheses),
-        threshold=rank_cfg.classify_threshold,
-        num_bins=rank_cfg.histogram_bins,
-        exact_cap=rank_cfg.exact_cap,
+    batches = partial_rows.iter_batches(batch_size=1, batch_format="numpy")
+    merged = merge_all(
+        itertools.chain(
+            [ScorePartials.empty(len(hypotheses), **options)],
+            (ScorePartials.from_row(batch) for batch in batches),
+        )
     )
-    for batch in partial_rows.iter_batches(batch_size=1, batch_format="numpy"):
-        merged = merged.merge(ScorePartials.from_row(batch))
     return rank_order(merged.finalize(hypotheses))

@@ -72,11 +72,18 @@ class ClipImageEmbedder:
     Failed rows keep zeros and their ERROR."""
 
     def __init__(self, clip_cfg: ClipConfig, cache_root: str | None = None) -> None:
-        from visdiff.models.clip import load_clip
-
+        self.clip_cfg = clip_cfg
         self.batch_size = clip_cfg.batch_size
-        self.bundle = load_clip(clip_cfg)
+        self._bundle = None  # loaded on the first cache miss: a fully cached run never loads it
         self.cache = _open_cache(clip_cfg, cache_root)
+
+    @property
+    def bundle(self):
+        if self._bundle is None:
+            from visdiff.models.clip import load_clip
+
+            self._bundle = load_clip(self.clip_cfg)
+        return self._bundle
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
@@ -87,15 +94,18 @@ class ClipImageEmbedder:
         n = len(pixels)
         errors = [str(e) for e in batch.get(schema.ERROR, [""] * n)]
         cached = list(batch.get(schema.CACHED_EMBEDDING, [b""] * n))
-        embeddings = np.zeros((n, self.bundle.embed_dim), dtype=np.float32)
+        hits = {
+            i: np.frombuffer(blob, dtype=np.float32)
+            for i, blob in enumerate(cached)
+            if not errors[i] and blob is not None and len(blob) > 0
+        }
+        todo = np.array([i for i in range(n) if not errors[i] and i not in hits], dtype=np.int64)
+        dim = len(next(iter(hits.values()))) if hits and not len(todo) else self.bundle.embed_dim
+        embeddings = np.zeros((n, dim), dtype=np.float32)
         from_cache = np.zeros(n, dtype=bool)
-        for i, blob in enumerate(cached):
-            if not errors[i] and blob is not None and len(blob) > 0:
-                embeddings[i] = np.frombuffer(blob, dtype=np.float32)
-                from_cache[i] = True
-        todo = np.array(
-            [i for i in range(n) if not errors[i] and not from_cache[i]], dtype=np.int64
-        )
+        for i, vector in hits.items():
+            embeddings[i] = vector
+            from_cache[i] = True
         for start in range(0, len(todo), self.batch_size):
             rows = todo[start : start + self.batch_size]
             chunk = torch.from_numpy(np.asarray(pixels[rows], dtype=np.float32).copy())

@@ -9,40 +9,24 @@ from visdiff import schema
 from visdiff.rank.partials import ScorePartials
 
 
-class BlockScorer:
-    """`__call__` turns a batch of embedded images into a one-row batch holding a partial."""
-
-    def __init__(
-        self, text_embeddings: np.ndarray, *, threshold: float, num_bins: int, exact_cap: int
-    ) -> None:
-        self.text_embeddings = np.asarray(text_embeddings, dtype=np.float32)
-        self.threshold = threshold
-        self.num_bins = num_bins
-        self.exact_cap = exact_cap
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = np.asarray([err == "" for err in batch[schema.ERROR]], dtype=bool)
-        if ok.any():
-            embeddings = np.stack(
-                [np.asarray(e, dtype=np.float32) for e in batch[schema.EMBEDDING][ok]]
-            )
-            scores = embeddings @ self.text_embeddings.T
-            is_a = np.asarray(batch[schema.SET])[ok] == schema.SET_A
-            partial = ScorePartials.from_scores(
-                scores,
-                is_a,
-                threshold=self.threshold,
-                num_bins=self.num_bins,
-                exact_cap=self.exact_cap,
-            )
-        else:
-            partial = ScorePartials.empty(
-                self.text_embeddings.shape[0],
-                threshold=self.threshold,
-                num_bins=self.num_bins,
-                exact_cap=self.exact_cap,
-            )
-        return partial.to_row()
+def score_block(
+    batch: dict[str, np.ndarray],
+    *,
+    text_embeddings: np.ndarray,
+    threshold: float,
+    num_bins: int,
+    exact_cap: int,
+) -> dict[str, np.ndarray]:
+    """A batch of embedded images -> a one-row batch holding its ScorePartials."""
+    ok = np.asarray([err == "" for err in batch[schema.ERROR]], dtype=bool)
+    options = {"threshold": threshold, "num_bins": num_bins, "exact_cap": exact_cap}
+    if not ok.any():
+        return ScorePartials.empty(text_embeddings.shape[0], **options).to_row()
+    rows = batch[schema.EMBEDDING][ok]
+    embeddings = np.stack([np.asarray(e, dtype=np.float32) for e in rows])
+    scores = embeddings @ np.asarray(text_embeddings, dtype=np.float32).T
+    is_a = np.asarray(batch[schema.SET])[ok] == schema.SET_A
+    return ScorePartials.from_scores(scores, is_a, **options).to_row()
 
 
 def error_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
