@@ -155,18 +155,18 @@ def _synthetic_embedded(n_a: int, n_b: int, dim: int, num_blocks: int, seed: int
     emb[:n_a, 0] += 0.5  # set A leans along the first axis
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     sets = np.array([schema.SET_A] * n_a + [schema.SET_B] * n_b, dtype=object)
-    columns = pa.table(
+    rows = [
         {
-            schema.ID: [f"{s}/{i}" for i, s in enumerate(sets)],
-            schema.SET: list(sets),
-            schema.URI: [""] * len(sets),
-            schema.ERROR: [""] * len(sets),
-            schema.FROM_CACHE: [False] * len(sets),
+            schema.ID: f"{s}/{i}",
+            schema.SET: s,
+            schema.URI: "",
+            schema.ERROR: "",
+            schema.FROM_CACHE: False,
+            schema.EMBEDDING: emb[i],
         }
-    )
-    ds = ray.data.from_arrow(columns).zip(
-        ray.data.from_numpy(emb).rename_columns({"data": schema.EMBEDDING})
-    )
+        for i, s in enumerate(sets)
+    ]
+    ds = ray.data.from_items(rows)
     ds = ds.repartition(num_blocks).materialize()
     return EmbeddedImages(ds, n_a + n_b, {"a": n_a, "b": n_b}), emb, sets
 
