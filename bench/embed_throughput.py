@@ -169,17 +169,9 @@ def main() -> None:
     startup_s = max(small_s - warm / steady_rate, 0.0)
     value = steady_rate / bare_rate
     result = {
-        "benchmark": "embed_throughput",
+        **config,
         "quick": args.quick,
         "n": len(records),
-        "arch": arch,
-        "batch_size": args.batch_size,
-        "torch_threads": threads,
-        "actor_torch_threads": "ray default (clip.num_cpus)"
-        if args.ray_default_threads
-        else threads,
-        "num_decoders": args.num_decoders,
-        "clip_num_cpus": args.clip_num_cpus,
         "ray": ray_info,
         "bare_images_per_s": round(bare_rate, 3),
         "bare_model_load_s": round(load_s, 2),

@@ -16,21 +16,15 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from tests.openai_standin import serve_standin
+from visdiff import schema
 from visdiff.cli import main
 from visdiff.propose.parse import dedupe_hypotheses, parse_hypotheses
 
 pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 GROUP_A = "People practicing yoga in a mountainous setting"
 GROUP_B = "People meditating in a mountainous setting"
-RUN_FILES = (
-    "config.yaml",
-    "hypotheses.jsonl",
-    "ranked.json",
-    "ranked.parquet",
-    "stats.json",
-    "report.html",
-)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def check_run_folder(run_dir: Path, *, n_a: int, n_b: int, num_rounds: int) -> dict:
     """Invariants every run folder must satisfy; returns the parsed files."""
-    for name in RUN_FILES:
+    for name in schema.RUN_FILES:
         assert (run_dir / name).is_file(), name
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["models"] == "tiny"

@@ -18,19 +18,13 @@ import pytest
 
 from tests.cluster_nodes import LocalCluster, free_port
 from tests.openai_standin import serve_standin
+from visdiff import schema
 
 pytestmark = pytest.mark.e2e
 
+
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = {"working_dir": str(REPO), "excludes": [".venv", "runs", ".git"]}
-RUN_FILES = (
-    "config.yaml",
-    "hypotheses.jsonl",
-    "ranked.json",
-    "ranked.parquet",
-    "stats.json",
-    "report.html",
-)
 JOB_TIMEOUT_S = 300.0
 DATA_STAGES = ("Captioner", "ClipPreprocessor", "ClipImageEmbedder")
 
@@ -153,7 +147,7 @@ def stage_actors(cluster: LocalCluster, job_id: str, stages=DATA_STAGES) -> list
 
 
 def read_run(run_dir: Path) -> tuple[list[dict], dict]:
-    for name in RUN_FILES:
+    for name in schema.RUN_FILES:
         assert (run_dir / name).is_file(), f"{name} missing from {run_dir}"
     ranked = json.loads((run_dir / "ranked.json").read_text())
     stats = json.loads((run_dir / "stats.json").read_text())

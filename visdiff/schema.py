@@ -32,3 +32,13 @@ RANKED_COLUMNS = (
     "n_a",
     "n_b",
 )
+
+# Files every describe run folder holds (metrics.json too when evaluation is on).
+RUN_FILES = (
+    "config.yaml",
+    "hypotheses.jsonl",
+    "ranked.json",
+    "ranked.parquet",
+    "stats.json",
+    "report.html",
+)
