@@ -2,7 +2,9 @@
 the machine, a local Ray, and seeded synthetic images (JPEG files and WebDataset shards).
 
 Every benchmark prints human-readable progress and, as its last line, one JSON object, so a
-script (or the smoke test) can read the figures with `json.loads(lines[-1])`.
+script (or the smoke test) can read the figures with `json.loads(lines[-1])`. That object always
+says how busy the machine was (`load`) and, when it was too busy to trust a timing (`noisy`),
+claims no target (`meets_target` false, with `meets_target_reason`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_CACHE = Path(os.environ.get("VISDIFF_BENCH_CACHE", "/tmp/visdiff-bench"))
 MB = 1024 * 1024
+# The 1-minute load when this module is imported, i.e. when a benchmark starts: before its own
+# work, so it is other programs' work.
+START_LOAD_1M = os.getloadavg()[0]
 
 
 def setup_paths() -> None:
@@ -44,8 +49,39 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+def load_verdict(start_load: float | None = None) -> dict[str, Any]:
+    """Whether the timings can be trusted. Noisy: at the start, other programs already kept more
+    than every core busy (1-minute load > cores), or at the end the load exceeded twice the
+    cores (this benchmark alone keeps at most about one runnable thread per core)."""
+    start_load = START_LOAD_1M if start_load is None else start_load
+    cores = os.cpu_count() or 1
+    end_load = os.getloadavg()[0]
+    reasons = []
+    if start_load > cores:
+        reasons.append(f"1-minute load {start_load:.2f} > {cores} cores at the start")
+    if end_load > 2 * cores:
+        reasons.append(f"1-minute load {end_load:.2f} > 2 x {cores} cores at the end")
+    return {
+        "load": {
+            "cores": cores,
+            "load_avg_1m_start": round(start_load, 2),
+            "load_avg_1m_end": round(end_load, 2),
+        },
+        "noisy": bool(reasons),
+        "noisy_reason": "; ".join(reasons) or None,
+    }
+
+
 def print_result(result: dict[str, Any]) -> None:
-    """The machine-readable summary: one JSON object, always the last line of stdout."""
+    """The machine-readable summary: one JSON object, always the last line of stdout. A noisy
+    machine (see `load_verdict`) claims no target: `meets_target` becomes false, with a reason."""
+    result = {**load_verdict(), **result}
+    if result["noisy"] and "meets_target" in result:
+        verdict = "not claimed" if result["meets_target"] else "missed"
+        result["meets_target"] = False
+        result["meets_target_reason"] = (
+            f"{verdict} on a busy machine ({result['noisy_reason']}); rerun on a quiet one"
+        )
     sys.stdout.flush()
     sys.stderr.flush()
     print(json.dumps(result, sort_keys=True, default=_json_default), flush=True)

@@ -83,6 +83,26 @@ def test_config_errors_exit_2_naming_the_key(image_folder):
     assert "rank.treshold" in _one_line_error(result)
 
 
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("llm.base_url=file:///etc/passwd", "http:// or https://"),
+        ("llm.temperature=99", "[0, 2]"),
+        ("rank.text_template=a photo of {} {", "{{ and }}"),
+    ],
+)
+def test_out_of_range_and_bad_urls_exit_2_before_ray(image_folder, override, allowed):
+    started = time.monotonic()
+    result = run_cli(
+        "describe", f"data.set_a={image_folder}", f"data.set_b={image_folder}", override
+    )
+    assert result.returncode == 2
+    line = _one_line_error(result)
+    assert override.split("=")[0] in line and allowed in line
+    assert "Traceback" not in result.stderr and "Started a local Ray" not in result.stderr
+    assert time.monotonic() - started < 60
+
+
 def test_unavailable_model_preset_fails_early_with_the_fix(image_folder):
     result = run_cli(
         "describe", f"data.set_a={image_folder}", f"data.set_b={image_folder}", "models=cpu"
@@ -92,7 +112,82 @@ def test_unavailable_model_preset_fails_early_with_the_fix(image_folder):
     assert "models=tiny" in line and "Traceback" not in result.stderr
 
 
-def test_keys_lists_every_key():
-    result = run_cli("keys")
+# ---------------------------------------------------------------- help, version, keys
+
+VISDIFF = Path(sys.executable).with_name("visdiff")  # the installed console script
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    return subprocess.run(
+        [str(VISDIFF), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_is_written_for_users_with_examples():
+    result = run_script("--help")
     assert result.returncode == 0
-    assert "data.manifest" in result.stdout.split() and "llm.api_key_env" in result.stdout.split()
+    out = result.stdout
+    for command in ("describe", "demo", "embed", "keys"):
+        assert f"    {command}  " in out  # each command with its one-line summary
+    assert "examples:" in out and "visdiff describe data.set_a=" in out
+    assert "exit codes:" in out and "visdiff keys" in out
+    describe = run_script("describe", "--help")
+    assert "--verbose" in describe.stdout and "key=value" in describe.stdout
+    assert "--overwrite" in describe.stdout
+    assert "example:" in describe.stdout
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib import metadata
+
+    result = run_script("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"visdiff {metadata.version('visdiff')}"
+
+
+def test_keys_show_each_default_and_description_and_paste_as_overrides():
+    from visdiff.config import key_docs, load_config, yaml_value
+
+    result = run_script("keys")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    docs = key_docs()
+    assert len(lines) == len(docs)
+    for line, doc in zip(lines, docs, strict=True):
+        assignment, description = line.split("  # ", 1)
+        assert assignment.strip() == f"{doc.key}={yaml_value(doc.default)}"
+        assert description == doc.doc
+    rank_lines = [line.split()[0] for line in lines if line.startswith("rank.")]
+    config = load_config(None, ["data.set_a=/a", "data.set_b=/b", *rank_lines])
+    assert config.rank.text_template == "{}" and config.rank.exact_cap == 200000
+
+    clip = run_script("keys", "clip.").stdout.splitlines()
+    assert clip and all(line.startswith("clip.") for line in clip)
+    assert len(clip) == sum(1 for d in docs if d.key.startswith("clip."))
+    assert run_script("keys", "--yaml").stdout == (REPO / "configs" / "base.yaml").read_text()
+
+    unknown = run_script("keys", "nope")
+    assert unknown.returncode == 2 and "nope" in _one_line_error(unknown)
+
+
+def test_keys_survives_a_closed_pipe():
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [str(VISDIFF), "keys"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # the reader is gone before visdiff writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception" not in err
+
+    shell = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"'{VISDIFF}' keys | head -3"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shell.returncode == 0 and len(shell.stdout.splitlines()) == 3
+    assert shell.stderr == ""

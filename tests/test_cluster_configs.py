@@ -2,9 +2,11 @@
 
 The launcher YAML goes through the steps `ray up` runs before it first contacts AWS
 (`prepare_config`: merge with the AWS defaults, then `validate_config` against ray-schema.json).
-The KubeRay CRDs are not installed here, so the manifests get structural checks written below,
-plus Ray's own translation of a RayCluster into an autoscaler config (what the in-tree autoscaler
-does with the live object). Every check also runs on deliberately broken copies, so each can fail.
+The KubeRay CRDs are not installed here, so the manifests get the checks written below, plus
+Ray's own translation of a RayCluster into an autoscaler config (what the in-tree autoscaler
+does with the live object) and, for the RayService, Ray Serve's own schema of serveConfigV2.
+Every node runs the visdiff GPU image (cluster/docker/Dockerfile.gpu), so no file installs
+anything at start. Every check also runs on deliberately broken copies, so each can fail.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-import shutil
-import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -31,11 +31,23 @@ CLUSTER_DIR = REPO_ROOT / "cluster"
 AWS_YAML = CLUSTER_DIR / "aws.yaml"
 RAYCLUSTER_YAML = CLUSTER_DIR / "kuberay" / "raycluster.yaml"
 RAYJOB_YAML = CLUSTER_DIR / "kuberay" / "rayjob.yaml"
-CLUSTER_FILES = [AWS_YAML, RAYCLUSTER_YAML, RAYJOB_YAML, CLUSTER_DIR / "README.md"]
+RAYSERVICE_YAML = CLUSTER_DIR / "kuberay" / "rayservice.yaml"
+SERVE_VLLM_YAML = REPO_ROOT / "deployments" / "llm_vllm.yaml"
+GPU_DOCKERFILE = CLUSTER_DIR / "docker" / "Dockerfile.gpu"
+CLUSTER_FILES = [
+    AWS_YAML,
+    RAYCLUSTER_YAML,
+    RAYJOB_YAML,
+    RAYSERVICE_YAML,
+    CLUSTER_DIR / "README.md",
+    GPU_DOCKERFILE,
+    CLUSTER_DIR / "docker" / "Dockerfile",
+]
+# The directory inside the image that holds the repository's jobs/ and configs/.
+IMAGE_REPO_DIR = "/home/ray/visdiff"
 
 GPU_NODE_TYPES = ("gpu_embed", "gpu_llm")
 GPU_GROUPS = ("gpu-embed", "gpu-llm")
-OVERWRITE_CMD = "ray.io/overwrite-container-cmd"
 
 Problems = list[str]
 
@@ -74,7 +86,7 @@ def _exact_pin(pyproject: dict[str, Any], name: str) -> str:
     return specs[0].version
 
 
-def _commands(line: str) -> list[list[str]]:
+def simple_commands(line: str) -> list[list[str]]:
     """Shell line -> simple commands (split at &&, ||, ;, |), quotes and comments removed."""
     lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
@@ -91,16 +103,48 @@ def _pip_installs(lines: list[str]) -> list[list[str]]:
     """The arguments (options dropped) of every `pip install` in these shell lines, in order."""
     installs = []
     for line in "\n".join(lines).replace("\\\n", " ").splitlines():
-        for command in _commands(line):
+        for command in simple_commands(line):
             if command[:2] == ["pip", "install"]:
                 installs.append([t for t in command[2:] if not t.startswith("-")])
     return installs
 
 
 def _image_ray_version(image: str) -> str | None:
-    """'rayproject/ray:2.60.0-py311-gpu' -> '2.60.0'."""
-    match = re.search(r":(\d+\.\d+\.\d+)(?:$|[-.])", image)
+    """'rayproject/ray:2.60.0-py312-gpu' or '.../visdiff:0.1.0-ray2.60.0-py312-gpu' -> '2.60.0'."""
+    match = re.search(r"-ray(\d+\.\d+\.\d+)-", image) or re.search(
+        r":(\d+\.\d+\.\d+)(?:$|[-.])", image
+    )
     return match.group(1) if match else None
+
+
+def visdiff_gpu_image(pyproject: dict[str, Any]) -> str:
+    """The tag that cluster/docker/Dockerfile.gpu documents building; every manifest runs it."""
+    builds = re.findall(
+        r"docker build -f cluster/docker/Dockerfile\.gpu -t (\S+) \.", GPU_DOCKERFILE.read_text()
+    )
+    assert len(builds) == 1, "Dockerfile.gpu must document exactly one build command"
+    image = builds[0]
+    version, ray = pyproject["project"]["version"], _exact_pin(pyproject, "ray")
+    assert re.fullmatch(
+        rf"[a-z0-9.\-]+(?::\d+)?/visdiff:{re.escape(version)}-ray{re.escape(ray)}-py3\d+-gpu", image
+    ), image
+    return image
+
+
+def image_problems(image: str, pyproject: dict[str, Any], where: str) -> Problems:
+    if image != visdiff_gpu_image(pyproject):
+        return [
+            f"{where}: image {image!r} is not the visdiff GPU image {visdiff_gpu_image(pyproject)!r}"
+        ]
+    return []
+
+
+def start_install_problems(lines: list[str], where: str) -> Problems:
+    """The image holds the software: nothing may be pip installed when a node or pod starts."""
+    return [
+        f"{where}: installs at start (pip install {' '.join(args)}); bake it into the image"
+        for args in _pip_installs(lines)
+    ]
 
 
 def secret_problems(text: str, where: str) -> Problems:
@@ -159,24 +203,10 @@ def launcher_problems(config: dict[str, Any], pyproject: dict[str, Any]) -> Prob
     image = config.get("docker", {}).get("image", "")
     if _image_ray_version(image) != ray_version:
         problems.append(f"docker image {image!r} is not Ray {ray_version}")
-
-    # torch/torchvision pinned first, then the project (from its file mount) with the gpu extra.
-    setup = config.get("setup_commands", [])
-    installs = _pip_installs(setup)
-    pins = {f"torch=={_exact_pin(pyproject, 'torch')}"}
-    pins.add(f"torchvision=={_exact_pin(pyproject, 'torchvision')}")
-    if not installs or set(installs[0]) != pins:
-        problems.append(f"the first pip install must be exactly {sorted(pins)}")
-    project_dirs = [r for r, local in config.get("file_mounts", {}).items() if local in {".", "./"}]
-    project_installs = [
-        c
-        for line in setup
-        for c in _commands(line)
-        if c[:2] == ["pip", "install"] and "-e" in c and c[c.index("-e") + 1] == ".[gpu]"
-    ]
-    cd_targets = [c[1] for line in setup for c in _commands(line) if c[0] == "cd"]
-    if not project_installs or not project_dirs or project_dirs[0] not in cd_targets:
-        problems.append("setup must `cd` into the mounted repository and pip install -e '.[gpu]'")
+    problems += image_problems(image, pyproject, "docker")
+    for key in ("initialization_commands", "setup_commands", "head_setup_commands"):
+        problems += start_install_problems(config.get(key, []), key)
+    problems += start_install_problems(config.get("worker_setup_commands", []), "worker_setup")
 
     head_start = " ; ".join(config.get("head_start_ray_commands", []))
     for flag in (
@@ -288,14 +318,14 @@ def _broken(mutate: Callable[[dict[str, Any]], None], expected: str, name: str) 
             "ray-version",
         ),
         _broken(
-            _set("setup_commands.0", "pip install torch torchvision"),
-            "first pip install",
-            "torch-unpinned",
+            _set("setup_commands", ["cd ~/visdiff && pip install -e '.[gpu]'"]),
+            "installs at start",
+            "install-at-start",
         ),
         _broken(
-            _set("setup_commands.1", "cd ~/visdiff && pip install -e ."),
-            "pip install -e '.[gpu]'",
-            "no-gpu-extra",
+            _set("docker.image", "rayproject/ray-llm:2.60.0-py312-cu130"),
+            "not the visdiff GPU image",
+            "stock-image",
         ),
         _broken(
             _set("head_start_ray_commands.1", "ray start --head --port=6379"),
@@ -329,36 +359,13 @@ def _containers(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def install_script_problems(script: str, pyproject: dict[str, Any]) -> Problems:
-    """The pod start script installs exactly what pyproject asks for, then starts Ray."""
-    problems: Problems = []
-    installs = _pip_installs(script.splitlines())
-    pins = {
-        f"torch=={_exact_pin(pyproject, 'torch')}",
-        f"torchvision=={_exact_pin(pyproject, 'torchvision')}",
-    }
-    if not installs or set(installs[0]) != pins:
-        return [f"the first pip install must be exactly {sorted(pins)}"]
-    installed = {canonicalize_name(r.name): r for r in map(Requirement, installs[-1])}
-    for name, wanted in _requirements(pyproject).items():
-        got = installed.get(name)
-        if got is None:
-            problems.append(f"{wanted} from pyproject.toml is not installed")
-        elif got.specifier != wanted.specifier or not wanted.extras <= got.extras:
-            problems.append(f"installs {got}, pyproject.toml says {wanted}")
-    if not script.rstrip().endswith('eval "exec $KUBERAY_GEN_RAY_START_CMD"'):
-        problems.append("the script must end by running $KUBERAY_GEN_RAY_START_CMD")
-    if shutil.which("bash"):
-        checked = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
-        if checked.returncode != 0:
-            problems.append(f"bash syntax: {checked.stderr.strip()}")
-    return problems
-
-
 def raycluster_spec_problems(
-    spec: dict[str, Any], annotations: dict[str, str], pyproject: dict[str, Any]
+    spec: dict[str, Any],
+    pyproject: dict[str, Any],
+    groups_needed: tuple[str, ...] = ("gpu-embed", "gpu-llm", "cpu"),
+    needs_s3: bool = True,
 ) -> Problems:
-    """ray.io/v1 RayCluster spec: required fields, versions, GPUs, secrets, start command."""
+    """ray.io/v1 RayCluster spec: required fields, versions, image, GPUs, secrets, no installs."""
     problems: Problems = []
     ray_version = _exact_pin(pyproject, "ray")
     if spec.get("rayVersion") != ray_version:
@@ -376,8 +383,8 @@ def raycluster_spec_problems(
     names = [g.get("groupName") for g in groups]
     if None in names or len(set(names)) != len(names):
         problems.append(f"every worker group needs a unique groupName, got {names}")
-    if not {"gpu-embed", "gpu-llm", "cpu"} <= set(names):
-        problems.append(f"worker groups gpu-embed, gpu-llm and cpu are required, got {names}")
+    if not set(groups_needed) <= set(names):
+        problems.append(f"worker groups {', '.join(groups_needed)} are required, got {names}")
     for group in groups:
         name = group.get("groupName")
         if not isinstance(group.get("rayStartParams"), dict):
@@ -391,11 +398,11 @@ def raycluster_spec_problems(
     containers = _containers(spec)
     if len(containers) != 1 + len(groups):
         problems.append("every group's template needs exactly one container (the Ray container)")
-    scripts = set()
     for name, container in containers:
         image = container.get("image", "")
         if _image_ray_version(image) != ray_version:
             problems.append(f"{name}: image {image!r} is not tagged with Ray {ray_version}")
+        problems += image_problems(image, pyproject, name)
         resources = container.get("resources", {})
         for kind in ("requests", "limits"):
             if not {"cpu", "memory"} <= set(resources.get(kind, {})):
@@ -408,21 +415,15 @@ def raycluster_spec_problems(
                 if "value" in env or "secretKeyRef" not in env.get("valueFrom", {}):
                     problems.append(f"{name}: env {env.get('name')} must come from a Secret")
         sources = container.get("envFrom", [])
-        if not any("secretRef" in s for s in sources):
+        if needs_s3 and not any("secretRef" in s for s in sources):
             problems.append(f"{name}: S3 credentials must come from envFrom secretRef")
         for source in sources:
             kinds = set(source) - {"prefix"}
             ref = source.get("secretRef") or source.get("configMapRef") or {}
             if not kinds <= {"secretRef", "configMapRef"} or set(ref) - {"name", "optional"}:
                 problems.append(f"{name}: envFrom may only reference Secrets or ConfigMaps")
-        if "command" in container or "args" in container:
-            if annotations.get(OVERWRITE_CMD) != "true":
-                problems.append(f"{name}: a custom command needs the {OVERWRITE_CMD} annotation")
-            scripts.add("\n".join(container.get("args", [])))
-    for script in scripts:
-        problems += install_script_problems(script, pyproject)
-    if len(scripts) > 1:
-        problems.append("all groups must run the same install script (one environment)")
+        script = [*container.get("command", []), *container.get("args", [])]
+        problems += start_install_problems(script, name)
     return problems
 
 
@@ -448,8 +449,7 @@ def rayjob() -> dict[str, Any]:
 
 def test_raycluster_manifest(raycluster, pyproject):
     assert (raycluster["apiVersion"], raycluster["kind"]) == ("ray.io/v1", "RayCluster")
-    annotations = raycluster["metadata"].get("annotations", {})
-    assert raycluster_spec_problems(raycluster["spec"], annotations, pyproject) == []
+    assert raycluster_spec_problems(raycluster["spec"], pyproject) == []
 
 
 def test_ray_reads_the_raycluster_as_an_autoscaling_config(raycluster):
@@ -475,14 +475,10 @@ def _worker(name: str, path: str) -> str:
     return f"workerGroupSpecs.{index}.{path}"
 
 
-def _script(edit: Callable[[str], str]) -> Callable[[dict[str, Any]], None]:
-    """Edit the (shared) install script of every container."""
-
-    def mutate(spec: dict[str, Any]) -> None:
-        for _, container in _containers(spec):
-            container["args"] = [edit(container["args"][0])]
-
-    return mutate
+def _pip_at_start(spec: dict[str, Any]) -> None:
+    container = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    container["command"] = ["/bin/bash", "-lc", "--"]
+    container["args"] = ['pip install ".[gpu]" && eval "exec $KUBERAY_GEN_RAY_START_CMD"']
 
 
 def _drop_gpu_limit(name: str) -> Callable[[dict[str, Any]], None]:
@@ -537,42 +533,18 @@ def _drop_gpu_limit(name: str) -> Callable[[dict[str, Any]], None]:
             "envFrom secretRef",
             "no-secret-ref",
         ),
+        _broken(_pip_at_start, "installs at start", "pip-at-pod-start"),
         _broken(
-            _script(lambda s: s.replace("'pyarrow>=15' ", "")),
-            "pyarrow>=15 from pyproject.toml",
-            "dependency-dropped",
-        ),
-        _broken(
-            _script(lambda s: s.replace("'transformers>=5.0,<6'", "'transformers>=4'")),
-            "installs transformers>=4",
-            "dependency-changed",
-        ),
-        _broken(
-            _script(lambda s: s.replace("data,llm]", "data]")),
-            "pyproject.toml says ray[",
-            "gpu-extra-dropped",
-        ),
-        _broken(
-            _script(lambda s: s.replace('eval "exec $KUBERAY_GEN_RAY_START_CMD"', "sleep 1")),
-            "KUBERAY_GEN_RAY_START_CMD",
-            "ray-not-started",
-        ),
-        _broken(
-            _script(lambda s: s.replace("set -eo pipefail", "if true; then")),
-            "bash syntax",
-            "bash-syntax",
+            _set(_worker("gpu-llm", "template.spec.containers.0.image"), "rayproject/ray:2.60.0"),
+            "not the visdiff GPU image",
+            "stock-image",
         ),
     ],
 )
 def test_raycluster_checks_fail_on_broken_copies(raycluster, pyproject, mutate, expected):
     spec = copy.deepcopy(raycluster["spec"])
     mutate(spec)
-    annotations = raycluster["metadata"]["annotations"]
-    assert any(expected in p for p in raycluster_spec_problems(spec, annotations, pyproject))
-
-
-def test_custom_command_needs_the_overwrite_annotation(raycluster, pyproject):
-    assert raycluster_spec_problems(raycluster["spec"], {}, pyproject) != []
+    assert any(expected in p for p in raycluster_spec_problems(spec, pyproject))
 
 
 def rayjob_problems(job: dict[str, Any]) -> Problems:
@@ -591,8 +563,8 @@ def rayjob_problems(job: dict[str, Any]) -> Problems:
     if not isinstance(spec.get("ttlSecondsAfterFinished"), int):
         problems.append("ttlSecondsAfterFinished must be set")
     runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
-    if "working_dir" not in runtime_env:
-        problems.append("runtimeEnvYAML must set working_dir (the job ships the repository)")
+    if runtime_env.get("working_dir") != IMAGE_REPO_DIR:
+        problems.append(f"runtimeEnvYAML must set working_dir: {IMAGE_REPO_DIR} (the image's repo)")
 
     argv = shlex.split(spec.get("entrypoint", ""))
     if argv[:2] != ["python", "jobs/describe.py"] or not (REPO_ROOT / argv[1]).is_file():
@@ -615,9 +587,8 @@ def rayjob_problems(job: dict[str, Any]) -> Problems:
 
 def test_rayjob_manifest(rayjob, raycluster, pyproject):
     assert rayjob_problems(rayjob) == []
-    annotations = rayjob["metadata"].get("annotations", {})  # copied onto its RayCluster
     cluster_spec = rayjob["spec"]["rayClusterSpec"]
-    assert raycluster_spec_problems(cluster_spec, annotations, pyproject) == []
+    assert raycluster_spec_problems(cluster_spec, pyproject) == []
     ray_autoscaling_config(cluster_spec, "visdiff-describe")
     # Self-contained, yet the same cluster as raycluster.yaml: the two must not drift apart.
     assert cluster_spec == raycluster["spec"]
@@ -672,15 +643,84 @@ def test_rayjob_checks_fail_on_broken_copies(rayjob, mutate, expected):
     assert any(expected in p for p in rayjob_problems(broken))
 
 
+# --- RayService (the proposer LLM on Kubernetes) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rayservice() -> dict[str, Any]:
+    return _load(RAYSERVICE_YAML)
+
+
+def rayservice_problems(service: dict[str, Any], pyproject: dict[str, Any]) -> Problems:
+    """A ray.io/v1 RayService whose Serve config is deployments/llm_vllm.yaml, on GPU pods."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    problems: Problems = []
+    if (service.get("apiVersion"), service.get("kind")) != ("ray.io/v1", "RayService"):
+        problems.append("must be a ray.io/v1 RayService")
+    spec = service.get("spec", {})
+    serve_config = yaml.safe_load(spec.get("serveConfigV2") or "{}") or {}
+    if serve_config != yaml.safe_load(SERVE_VLLM_YAML.read_text()):
+        problems.append("serveConfigV2 must equal deployments/llm_vllm.yaml")
+    try:
+        ServeDeploySchema.model_validate(serve_config)
+    except ValidationError as exc:
+        problems.append(f"serveConfigV2 is not a valid Serve config: {exc.errors()[0]['msg']}")
+    cluster = spec.get("rayClusterConfig", {})
+    problems += raycluster_spec_problems(cluster, pyproject, ("gpu-llm",), needs_s3=False)
+    return problems
+
+
+def test_rayservice_manifest(rayservice, pyproject):
+    assert rayservice_problems(rayservice, pyproject) == []
+    config = ray_autoscaling_config(rayservice["spec"]["rayClusterConfig"], "visdiff-llm")
+    assert config["available_node_types"]["gpu-llm"]["resources"]["GPU"] == 1
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        _broken(
+            _set("spec.serveConfigV2", "applications: []"),
+            "must equal deployments/llm_vllm.yaml",
+            "other-serve-config",
+        ),
+        _broken(_set("spec.rayClusterConfig.rayVersion", "2.59.0"), "rayVersion", "ray-version"),
+        _broken(
+            _set(
+                "spec.rayClusterConfig.workerGroupSpecs.0.template.spec.containers.0.image",
+                "rayproject/ray-llm:2.60.0-py312-cu130",
+            ),
+            "not the visdiff GPU image",
+            "stock-image",
+        ),
+    ],
+)
+def test_rayservice_checks_fail_on_broken_copies(rayservice, pyproject, mutate, expected):
+    broken = copy.deepcopy(rayservice)
+    mutate(broken)
+    assert any(expected in p for p in rayservice_problems(broken, pyproject))
+
+
+def test_serve_config_check_rejects_an_invalid_serve_config(rayservice, pyproject):
+    broken = copy.deepcopy(rayservice)
+    broken["spec"]["serveConfigV2"] = "applications: [{name: x, import_path: 3, nope: 1}]"
+    assert any("not a valid Serve config" in p for p in rayservice_problems(broken, pyproject))
+
+
 # --- versions and secrets across all files ------------------------------------------------------
 
 
-def test_every_file_names_pyprojects_ray_version(pyproject, launcher, raycluster, rayjob):
+def test_every_file_names_pyprojects_ray_version(
+    pyproject, launcher, raycluster, rayjob, rayservice
+):
     ray_version = _exact_pin(pyproject, "ray")
     gpu_extra = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["gpu"]]
     assert {str(r.specifier) for r in gpu_extra if r.name == "ray"} == {f"=={ray_version}"}
     assert _image_ray_version(launcher["docker"]["image"]) == ray_version
-    for spec in (raycluster["spec"], rayjob["spec"]["rayClusterSpec"]):
+    clusters = [raycluster["spec"], rayjob["spec"]["rayClusterSpec"]]
+    for spec in [*clusters, rayservice["spec"]["rayClusterConfig"]]:
         assert spec["rayVersion"] == ray_version
         assert {_image_ray_version(c["image"]) for _, c in _containers(spec)} == {ray_version}
 

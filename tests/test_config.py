@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from visdiff.config import DescribeConfig, load_config, valid_keys
+from visdiff.config import DescribeConfig, key_docs, load_config, render_base_yaml, valid_keys
 from visdiff.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,11 +21,22 @@ def test_base_yaml_holds_every_default_exactly():
     assert base == defaults
 
 
-def test_every_key_in_base_yaml_has_a_comment_or_section_comment():
-    lines = BASE.read_text().splitlines()
-    for key in ("models:", "output_dir:", "  max_num_samples:", "  classify_threshold:"):
-        line = next(line for line in lines if line.startswith(key))
-        assert "#" in line, line
+def test_base_yaml_is_rendered_from_the_key_descriptions():
+    # One home for a key's documentation: its `setting(default, "description")` in config.py.
+    assert BASE.read_text() == render_base_yaml(), (
+        "configs/base.yaml is out of date: run `visdiff keys --yaml > configs/base.yaml`"
+    )
+
+
+def test_every_key_has_a_one_line_description():
+    docs = key_docs()
+    assert [d.key for d in docs] == valid_keys()
+    for d in docs:
+        assert d.doc.strip() and "\n" not in d.doc and "#" not in d.doc, d.key
+    by_key = {d.key: d for d in docs}
+    assert by_key["data.max_num_samples"].default == 5000
+    assert "0 = every image" in by_key["data.max_num_samples"].doc
+    assert all(len(line) <= 100 for line in render_base_yaml().splitlines())
 
 
 def test_layers_base_preset_experiment_cli(tmp_path):
@@ -123,3 +134,144 @@ def test_shipped_experiment_configs_load():
             continue
         overrides = [] if "data" in OmegaConf.load(path) else FOLDERS
         load_config(path, overrides)
+
+
+# ---------------------------------------------------------------- ranges and URLs, at load time
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "allowed"),
+    [
+        ("seed=-1", "seed", "[0, 4294967295]"),
+        ("data.max_num_samples=-1", "data.max_num_samples", "[0, 1000000000000]"),
+        ("data.num_blocks=-1", "data.num_blocks", "[0, 1000000]"),
+        ("clip.batch_size=0", "clip.batch_size", "[1, 65536]"),
+        ("clip.num_actors=0", "clip.num_actors", "[1, 10000]"),
+        ("clip.num_decoders=0", "clip.num_decoders", "[1, 10000]"),
+        ("clip.num_cpus=-1", "clip.num_cpus", "[0, 1024]"),
+        ("clip.num_gpus=-1", "clip.num_gpus", "[0, 64]"),
+        ("captioner.max_new_tokens=0", "captioner.max_new_tokens", "[1, 4096]"),
+        ("captioner.batch_size=0", "captioner.batch_size", "[1, 65536]"),
+        ("captioner.num_actors=0", "captioner.num_actors", "[1, 10000]"),
+        ("captioner.num_cpus=-2", "captioner.num_cpus", "[0, 1024]"),
+        ("captioner.num_gpus=-0.5", "captioner.num_gpus", "[0, 64]"),
+        ("llm.temperature=99", "llm.temperature", "[0, 2]"),
+        ("llm.temperature=-0.1", "llm.temperature", "[0, 2]"),
+        ("llm.max_tokens=0", "llm.max_tokens", "[1, 131072]"),
+        ("llm.timeout_s=0", "llm.timeout_s", "(0, 86400]"),
+        ("llm.timeout_s=-5", "llm.timeout_s", "(0, 86400]"),
+        ("llm.timeout_s=nan", "llm.timeout_s", "(0, 86400]"),
+        ("llm.timeout_s=inf", "llm.timeout_s", "(0, 86400]"),
+        ("llm.http_port=-1", "llm.http_port", "[1, 65535]"),
+        ("llm.http_port=70000", "llm.http_port", "[1, 65535]"),
+        ("llm.num_replicas=0", "llm.num_replicas", "[1, 1000]"),
+        ("llm.num_cpus=-1", "llm.num_cpus", "[0, 1024]"),
+        ("llm.num_gpus=100", "llm.num_gpus", "[0, 64]"),
+        ("propose.num_rounds=1000000", "propose.num_rounds", "[1, 1000]"),
+        ("propose.num_samples=0", "propose.num_samples", "[1, 10000]"),
+        ("propose.max_hypotheses_per_round=0", "propose.max_hypotheses_per_round", "[1, 1000]"),
+        ("rank.classify_threshold=3", "rank.classify_threshold", "[-1, 1]"),
+        ("rank.exact_cap=0", "rank.exact_cap", "[1, 1000000000]"),
+        ("rank.histogram_bins=1000000000", "rank.histogram_bins", "[2, 1000000]"),
+        ("rank.histogram_bins=1", "rank.histogram_bins", "[2, 1000000]"),
+        ("evaluate.top_k=0", "evaluate.top_k", "[1, 1000]"),
+        ("ray.num_cpus=-4", "ray.num_cpus", "[0, 100000]"),
+        ("ray.object_store_memory_mb=-1", "ray.object_store_memory_mb", "[0, 100000000]"),
+        ("ray.object_store_memory_mb=10", "ray.object_store_memory_mb", ">= 75"),
+        ("report.thumbnails_per_set=-1", "report.thumbnails_per_set", "[0, 1000]"),
+        ("report.top_n_print=-1", "report.top_n_print", "[0, 1000]"),
+        ("llm.base_url=file:///etc/passwd", "llm.base_url", "http:// or https://"),
+        ("llm.base_url=ftp://example.com/v1", "llm.base_url", "http:// or https://"),
+        ("llm.base_url=https:///v1", "llm.base_url", "with a host"),
+        ("llm.route_prefix=visdiff", "llm.route_prefix", "start with '/'"),
+        ("rank.text_template=a photo of {} {", "rank.text_template", "{{ and }}"),
+        ("rank.text_template='{} or {}'", "rank.text_template", "exactly one '{}'"),
+        ("rank.text_template='a photo of {0}'", "rank.text_template", "exactly one '{}'"),
+        ("rank.text_template='a photo of {:>9}'", "rank.text_template", "exactly one '{}'"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(override, key, allowed):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*FOLDERS, override])
+    message = str(info.value)
+    assert f"'{key}'" in message and allowed in message, message
+    assert "\n" not in message
+
+
+def test_every_numeric_key_has_a_range():
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    from visdiff.config import BOUNDS
+
+    def numeric_keys(cls: type, prefix: str = "") -> list[str]:
+        keys = []
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            kind = hints[f.name]
+            if is_dataclass(kind):
+                keys += numeric_keys(kind, f"{prefix}{f.name}.")
+            elif kind is not bool and ({int, float} & set(typing.get_args(kind) or (kind,))):
+                keys.append(prefix + f.name)
+        return keys
+
+    numeric = numeric_keys(DescribeConfig)
+    assert "llm.timeout_s" in numeric and "ray.num_cpus" in numeric
+    assert sorted(numeric) == sorted(BOUNDS)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "llm.timeout_s=0.5",
+        "llm.temperature=0",
+        "llm.temperature=2",
+        "ray.num_cpus=0",
+        "ray.object_store_memory_mb=0",
+        "ray.object_store_memory_mb=75",
+        "rank.text_template='a {{braced}} photo of {}'",
+        "llm.base_url=http://127.0.0.1:8000/v1",
+        "clip.num_gpus=0.25",
+    ],
+)
+def test_values_at_the_edges_are_accepted(override):
+    load_config(None, [*FOLDERS, override])
+
+
+def test_shipped_presets_satisfy_the_ranges():  # configs/*.yaml: test_shipped_experiment_...
+    for preset in ("tiny", "cpu", "gpu"):
+        load_config(None, [*FOLDERS, f"models={preset}"])
+
+
+# ---------------------------------------------------------------- secrets in config.yaml
+
+
+def test_interpolated_secrets_are_written_unresolved(tmp_path, monkeypatch):
+    from visdiff.config import to_yaml
+
+    secret = "sk-fake-visdiff-4242"
+    monkeypatch.setenv("VISDIFF_FAKE_SECRET", secret)
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        "data:\n"
+        "  set_a: /tmp/a\n"
+        "  set_b: ['/s/${oc.env:VISDIFF_FAKE_SECRET}/0.tar', /s/1.tar]\n"
+        "llm:\n"
+        "  backend: external\n"
+        "  base_url: https://user:${oc.env:VISDIFF_FAKE_SECRET}@llm.example.com/v1\n"
+        "cache:\n"
+        "  root: s3://bucket/${oc.env:VISDIFF_FAKE_SECRET}\n"
+    )
+    config = load_config(experiment, [])
+    # The run itself uses the resolved values ...
+    assert config.llm.base_url == f"https://user:{secret}@llm.example.com/v1"
+    assert config.cache.root == f"s3://bucket/{secret}"
+    # ... but the run folder's config.yaml holds the interpolations as written.
+    text = to_yaml(config)
+    assert secret not in text
+    assert "base_url: https://user:${oc.env:VISDIFF_FAKE_SECRET}@llm.example.com/v1" in text
+    assert "root: s3://bucket/${oc.env:VISDIFF_FAKE_SECRET}" in text
+    # And it still reproduces the run where the variable is set.
+    written = tmp_path / "config.yaml"
+    written.write_text(text)
+    assert load_config(written, []) == config

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = {"working_dir": str(REPO), "excludes": [".venv", "runs", ".git"]}
 JOB_TIMEOUT_S = 300.0
-DATA_STAGES = ("Captioner", "ClipPreprocessor", "ClipImageEmbedder")
+DATA_STAGES = ("Captioner", "ClipPreprocessor", "ClipActorCaller", "ClipModelActor")
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -143,7 +143,9 @@ def ray_job_id(cluster: LocalCluster, sid: str, timeout_s: float = 60.0) -> str:
 def stage_actors(cluster: LocalCluster, job_id: str, stages=DATA_STAGES) -> list:
     """Ray Data map workers of the job whose callable is one of `stages` (any state)."""
     actors = cluster.list_state("actors", [("job_id", "=", job_id)])
-    return [a for a in actors if any(f"({stage})" in (a.class_name or "") for stage in stages)]
+    names = [(a, a.class_name or "") for a in actors]
+    # Ray Data map workers are named "MapWorker(Stage)"; the CLIP model actors are plain actors.
+    return [a for a, c in names if any(f"({s})" in c or c == s for s in stages)]
 
 
 def read_run(run_dir: Path) -> tuple[list[dict], dict]:
@@ -227,7 +229,7 @@ def test_describe_job_spreads_over_two_nodes(cluster, folders_40, tmp_path):
     nodes = {a.node_id for a in workers}
     placement = sorted((a.class_name, a.node_id[:8]) for a in workers)
     assert nodes == {cluster.head.node_id, cluster.workers[0].node_id}, placement
-    assert any("ClipImageEmbedder" in a.class_name for a in workers), placement
+    assert any(a.class_name == "ClipModelActor" for a in workers), placement
 
 
 @pytest.mark.timeout(360)
@@ -237,8 +239,8 @@ def test_describe_job_survives_losing_the_worker_node(
     run_dir = tmp_path / "run"
     worker = cluster.workers[-1]
     with serve_standin(proposer_answers) as llm:
-        # One decoder and one CLIP actor that needs a whole node's 2 CPUs: at least one of the
-        # two must land on the worker, and every image passes through both.
+        # One CLIP model actor that needs a whole node's 2 CPUs and the Ray Data stage that feeds
+        # it: at least one of the two lands on the worker, and every image passes through both.
         args = manifest_args(manifest_x3, run_dir, llm.base_url, num_blocks=120, num_actors=1)
         sid = submit(cluster, "jobs/describe.py", [*args, "clip.num_cpus=2"])
         job_id = ray_job_id(cluster, sid)
@@ -248,7 +250,7 @@ def test_describe_job_survives_losing_the_worker_node(
         while True:
             on_worker = [
                 a
-                for a in stage_actors(cluster, job_id, ("ClipPreprocessor", "ClipImageEmbedder"))
+                for a in stage_actors(cluster, job_id, ("ClipModelActor", "ClipActorCaller"))
                 if a.node_id == worker.node_id and a.state == "ALIVE"
             ]
             if on_worker:

@@ -21,6 +21,7 @@ from visdiff.models.captioner import generate_captions, load_captioner
 from visdiff.models.clip import (
     TINY_ARCH,
     build_eval_transform,
+    build_pixel_transform,
     clip_image_embeddings,
     clip_text_embeddings,
     load_clip,
@@ -129,6 +130,24 @@ def test_eval_transform_without_weights_matches_open_clip_preprocess(clip_bundle
     transform = build_eval_transform(ClipConfig())
     for image in _images(2, size=(97, 41)):
         assert torch.equal(transform(image), clip_bundle.preprocess(image))
+
+
+@pytest.mark.parametrize(
+    "clip_cfg",
+    [ClipConfig(), ClipConfig(arch="ViT-B-32", pretrained="laion2b_s34b_b79k")],
+    ids=["tiny", "vit-b-32-laion"],
+)
+def test_pixel_transform_uint8_then_batched_normalise_equals_eval_transform(clip_cfg):
+    """The split the stages use (uint8 where decoded, normalised beside the model) is bit for
+    bit the eval transform, for odd sizes and aspect ratios, one image or a batch."""
+    transform = build_eval_transform(clip_cfg)
+    split = build_pixel_transform(clip_cfg)
+    images = _images(2, size=(97, 41)) + _images(1, size=(300, 200)) + _images(1, size=(224, 224))
+    uint8 = np.stack([split.to_uint8(image) for image in images])
+    assert uint8.dtype == np.uint8
+    got = split.to_model_input(uint8, torch.device("cpu"), torch.float32)
+    expected = torch.stack([transform(image) for image in images])
+    assert torch.equal(got, expected)
 
 
 def test_eval_transform_uses_pretrained_tag_statistics():

@@ -198,17 +198,21 @@ def test_row_round_trip(with_exact: bool) -> None:
     for candidate in (row, unbatched):
         back = ScorePartials.from_row(candidate)
         assert (back.threshold, back.num_bins, back.exact_cap) == (THRESHOLD, 64, part.exact_cap)
-        for name in ("count", "mean", "m2", "above", "hist"):
+        for name in ("count", "mean", "m2", "above"):
             np.testing.assert_array_equal(getattr(back, name), getattr(part, name))
             assert getattr(back, name).dtype == getattr(part, name).dtype
+        np.testing.assert_array_equal(back.histograms(), part.histograms())
         if with_exact:
+            assert back.hist is None
             for got, want in zip(back.exact, part.exact, strict=True):
                 np.testing.assert_array_equal(got, want)
                 assert got.dtype == np.float32 and got.flags.writeable
         else:
             assert back.exact is None
-    with pytest.raises(ValueError, match="hist"):
-        ScorePartials.from_row({k: v for k, v in row.items() if k != "hist"})
+            assert back.hist.dtype == np.int64 and back.hist.flags.writeable
+    missing = "exact_a" if with_exact else "hist"
+    with pytest.raises(ValueError, match=missing):
+        ScorePartials.from_row({k: v for k, v in row.items() if k != missing})
 
 
 def test_round_tripped_rows_finalize_like_reference() -> None:
@@ -296,3 +300,32 @@ def test_rank_order_is_deterministic() -> None:
     expected = ["c", "d", "a", "b", "e", "f"]
     assert [s.hypothesis for s in rank_order(items)] == expected
     assert [s.hypothesis for s in rank_order(items[::-1])] == expected
+
+
+def test_exact_scores_and_histograms_are_never_both_kept() -> None:
+    """Under the cap a block ships exact scores only; past it (or when the caller says the
+    whole ranking will pass it) histograms only, and both give the same histograms."""
+    scores, is_a = _make_scores()
+    under = ScorePartials.from_scores(scores, is_a, threshold=THRESHOLD)
+    hinted = ScorePartials.from_scores(
+        scores, is_a, threshold=THRESHOLD, exact_cap=N_A + N_B, expected_total=N_A + N_B + 1
+    )
+    assert under.hist is None and under.exact[0].shape == (H, N_A)
+    assert hinted.exact is None and hinted.hist is not None
+    np.testing.assert_array_equal(under.histograms(), hinted.histograms())
+    with pytest.raises(ValueError, match="exactly one"):
+        ScorePartials(THRESHOLD, 8, 10, under.count, under.mean, under.m2, under.above, None, None)
+
+
+def test_hinted_histogram_blocks_merge_like_dropped_exact_blocks() -> None:
+    """Blocks told the total up front give bit-identical statistics to blocks that keep exact
+    scores until the merge passes the cap: the hint only saves work."""
+    scores, is_a = _make_scores(6)
+    cap = N_A + N_B - 1
+    cuts = SPLITS["uneven_2"]
+    late = merge_all(_blocks(scores, is_a, cuts, exact_cap=cap)).finalize(HYPOTHESES)
+    early = merge_all(
+        _blocks(scores, is_a, cuts, exact_cap=cap, expected_total=N_A + N_B)
+    ).finalize(HYPOTHESES)
+    assert late == early
+    assert not late[0].auroc_exact

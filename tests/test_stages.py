@@ -1,4 +1,5 @@
-"""Stage callables on hand-built numpy batches (what Ray Data's `map_batches` hands them), no Ray."""
+"""Stage callables on hand-built numpy batches (what Ray Data's `map_batches` hands them), no Ray;
+then the run's CLIP model actors on the session's Ray, serving images and texts."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from visdiff import schema
 from visdiff.config import CaptionerConfig, ClipConfig
 from visdiff.stages.caption import Captioner
-from visdiff.stages.embed import ClipImageEmbedder, ClipPreprocessor, ClipTextEmbedder
+from visdiff.stages.embed import (
+    ClipImageEmbedder,
+    ClipModelActor,
+    ClipPreprocessor,
+    ClipTextEmbedder,
+    clip_model_actors,
+)
 
 N_PHOTOS = 6
 BAD = {"corrupt.jpg", "truncated.jpg", "notes.txt", "missing.jpg"}
@@ -62,7 +68,7 @@ def test_preprocessor_marks_bad_rows_and_keeps_order(batch, preprocessed):
     assert list(preprocessed[schema.ID]) == list(batch[schema.ID])
     assert list(preprocessed[schema.URI]) == list(batch[schema.URI])
     pixels = preprocessed[schema.PIXELS]
-    assert pixels.shape == (n, 3, 32, 32) and pixels.dtype == np.float32
+    assert pixels.shape == (n, 3, 32, 32) and pixels.dtype == np.uint8  # normalised beside CLIP
     errors = list(preprocessed[schema.ERROR])
     for i, error in enumerate(errors):
         if bad[i]:
@@ -78,12 +84,32 @@ def test_preprocessor_marks_bad_rows_and_keeps_order(batch, preprocessed):
     assert by_name["missing.jpg"].startswith("read_error")
 
 
-def test_preprocessor_pixels_match_open_clip_preprocess(batch, preprocessed, image_embedder):
+def test_preprocessed_pixels_normalised_equal_open_clip_preprocess(
+    batch, preprocessed, image_embedder
+):
+    """uint8 pixels + the batched normalisation are bit for bit open_clip's eval transform."""
     from visdiff.sources.decode import read_and_decode
 
-    uri = batch[schema.URI][0]
-    expected = image_embedder.bundle.preprocess(read_and_decode(uri)).numpy()
-    np.testing.assert_array_equal(preprocessed[schema.PIXELS][0], expected)
+    bundle = image_embedder.bundle
+    good = [i for i, error in enumerate(preprocessed[schema.ERROR]) if not error]
+    expected = np.stack([bundle.preprocess(read_and_decode(batch[schema.URI][i])) for i in good])
+    got = image_embedder.transform.to_model_input(
+        preprocessed[schema.PIXELS][good], bundle.device, bundle.dtype
+    )
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_image_embedder_gives_the_same_vectors_for_uint8_and_float_pixels(
+    preprocessed, image_embedder
+):
+    """float32 pixels normalised beforehand (the former stage contract) still embed the same."""
+    bundle = image_embedder.bundle
+    floats = image_embedder.transform.to_model_input(
+        preprocessed[schema.PIXELS], bundle.device, bundle.dtype
+    )
+    from_uint8 = image_embedder(preprocessed)[schema.EMBEDDING]
+    from_float = image_embedder({**preprocessed, schema.PIXELS: floats.numpy()})[schema.EMBEDDING]
+    np.testing.assert_array_equal(from_uint8, from_float)
 
 
 def test_image_embedder_gives_unit_vectors_for_good_rows_only(batch, preprocessed, image_embedder):
@@ -100,8 +126,11 @@ def test_image_embedder_gives_unit_vectors_for_good_rows_only(batch, preprocesse
     # Chunked embedding equals one direct call on the good rows.
     from visdiff.models.clip import clip_image_embeddings
 
-    good_pixels = torch.from_numpy(preprocessed[schema.PIXELS][~bad].copy())
-    direct = clip_image_embeddings(image_embedder.bundle, good_pixels)
+    bundle = image_embedder.bundle
+    good_pixels = image_embedder.transform.to_model_input(
+        preprocessed[schema.PIXELS][~bad], bundle.device, bundle.dtype
+    )
+    direct = clip_image_embeddings(bundle, good_pixels)
     np.testing.assert_allclose(emb[~bad], direct, atol=1e-5)
     # Different photos give different vectors.
     assert not np.allclose(emb[~bad][0], emb[~bad][1])
@@ -134,6 +163,55 @@ def test_text_embedder_returns_one_unit_vector_per_text(clip_cfg):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(emb[0], emb[3], atol=1e-6)  # same text, across chunks
     assert not np.allclose(emb[0], emb[1])
+
+
+def test_model_actor_decodes_and_embeds_rows_as_the_two_stages_do(
+    clip_cfg, batch, preprocessed, image_embedder
+):
+    """The CPU path (one process: decode + preprocess + forward) equals the split stages."""
+    actor = ClipModelActor(clip_cfg)
+    fused = actor.embed_rows(batch)
+    split = image_embedder(preprocessed)
+    assert fused.keys() == split.keys()
+    for key in split:
+        np.testing.assert_array_equal(fused[key], split[key], err_msg=key)
+    texts = ["yoga", "a mountain"]
+    np.testing.assert_array_equal(actor.embed_texts(texts), ClipTextEmbedder(clip_cfg).embed(texts))
+
+
+@pytest.mark.parametrize("decode", ["actor", "pool"])
+def test_run_actors_embed_images_then_texts_with_one_model_load(
+    ray_session, decode, batch, preprocessed, image_embedder
+):
+    """One CLIP actor serves the image stage (through Ray Data) and then the hypotheses; its
+    vectors are the stage callables' own. decode=pool is the GPU layout (a CPU decode pool
+    sends uint8 pixels), run here on CPU."""
+    clip_cfg = ClipConfig(batch_size=4, decode=decode)
+    import pandas as pd
+
+    from visdiff.rank.ranker import embed_images, embed_texts
+
+    rows = pd.DataFrame({key: list(values) for key, values in batch.items()})
+    images = ray_session.data.from_pandas(rows).repartition(3)
+    texts = ["yoga", "meditation"]
+    with clip_model_actors(clip_cfg) as actors:
+        embedded = embed_images(images, clip_cfg, actors=actors)
+        text_vectors = embed_texts(texts, clip_cfg, actors=actors)
+        startup = actors.startup_seconds()
+        (handle,) = actors.handles
+        served = ray_session.get(handle.served.remote())
+    assert served == {"rows": len(rows), "texts": len(texts), "model_loads": 1}
+    assert set(startup) == {"wall", "imports", "model_load"} and startup["wall"] > 0
+    expected = image_embedder(preprocessed)
+    got = {r[schema.ID]: r for r in embedded.dataset.take_all()}
+    for i, image_id in enumerate(expected[schema.ID]):
+        assert got[image_id][schema.ERROR] == expected[schema.ERROR][i]
+        # Other torch threads and batch make-up than here: equal up to float rounding.
+        np.testing.assert_allclose(
+            got[image_id][schema.EMBEDDING], expected[schema.EMBEDDING][i], atol=1e-6
+        )
+    assert len(embedded.skipped) == len(BAD)
+    np.testing.assert_allclose(text_vectors, ClipTextEmbedder(clip_cfg).embed(texts), atol=1e-6)
 
 
 def test_captioner_captions_good_rows_and_reports_bad_ones(batch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
+import pkgutil
 import warnings
 
 import numpy as np
@@ -9,10 +12,13 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
+import visdiff.rank
+from visdiff.rank import stats as rank_stats
 from visdiff.rank.stats import (
     TTest,
     auroc,
     auroc_from_histograms,
+    auroc_many,
     correct_delta,
     welch_t,
     welch_t_from_moments,
@@ -156,6 +162,13 @@ def test_correct_delta() -> None:
         (lambda: auroc_from_histograms([1, 2], [1, 2, 3]), "hist_a and hist_b"),
         (lambda: auroc_from_histograms([1, -2], [1, 2]), "hist_a"),
         (lambda: auroc_from_histograms([1, 2], [0, 0]), "hist_b"),
+        (lambda: auroc_from_histograms([[1, 2], [0, 0]], [[1, 2], [1, 1]]), "hist_a"),
+        (lambda: auroc_many(np.ones((3, 2)), np.ones((3, 3))), "same hypotheses"),
+        (lambda: auroc_many(np.ones(3), np.ones((3, 1))), "scores_a"),
+        (lambda: auroc_many(np.ones((3, 1)), np.zeros((0, 1))), "scores_b"),
+        (lambda: auroc_many(np.full((2, 1), 0.1), np.ones((2, 1))), "float32"),
+        (lambda: auroc_many(np.ones((2, 1)), np.full((2, 1), np.nan)), "scores_b"),
+        (lambda: auroc_many(np.ones((2, 1)), np.ones((2, 1)), axis=2), "axis"),
     ],
 )
 def test_bad_input_raises_value_error_naming_argument(call, name: str) -> None:
@@ -189,3 +202,92 @@ def test_histogram_auroc_within_bound_and_bound_is_attainable(seed: int) -> None
     assert auroc_from_histograms(hist_a.astype(float), hist_b.astype(float)) == pytest.approx(
         (est, bound), abs=1e-14
     )
+
+
+def _float32_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, H) float32 score pairs: continuous, heavy ties, +/-0 and extreme values (64-bit
+    keys), constant, and the edges of [-1, 1] (32-bit keys)."""
+    rng = np.random.default_rng(seed)
+    n_a, n_b, h = rng.integers(1, 80, size=3)
+    kind = seed % 6
+    if kind == 0:
+        a, b = rng.normal(0, 1, (n_a, h)), rng.normal(0.2, 1, (n_b, h))
+    elif kind == 1:
+        a, b = rng.integers(-3, 3, (n_a, h)), rng.integers(-3, 4, (n_b, h))
+    elif kind == 2:
+        a, b = np.round(rng.uniform(-1, 1, (n_a, h)), 1), np.round(rng.uniform(-1, 1, (n_b, h)), 1)
+    elif kind == 3:
+        edge = [0.0, -0.0, 1.0, -1.0, 3e38, -3e38, 1e-45, -1e-45]
+        a, b = rng.choice(edge, (n_a, h)), rng.choice(edge, (n_b, h))
+    elif kind == 4:
+        a, b = np.full((n_a, h), 0.5), np.full((n_b, h), 0.5)
+    else:  # cosine range edges: the 32-bit key path
+        edge = [-1.0, 1.0, 0.0, -0.0, 1e-45, -1e-45, 0.5, np.nextafter(-1.0, 0.0)]
+        a, b = rng.choice(edge, (n_a, h)), rng.choice(edge, (n_b, h))
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(48))
+def test_auroc_many_matches_sklearn_per_column(seed: int) -> None:
+    a, b = _float32_case(seed)
+    got = auroc_many(a, b)
+    assert got.shape == (a.shape[1],)
+    for j in range(a.shape[1]):
+        reference = _sklearn_auroc(a[:, j].astype(np.float64), b[:, j].astype(np.float64))
+        assert got[j] == pytest.approx(reference, abs=1e-12)
+        assert got[j] == auroc(a[:, j], b[:, j])  # both exact in integers: bit-identical
+    np.testing.assert_array_equal(auroc_many(a.T, b.T, axis=1), got)
+
+
+def test_auroc_many_blocks_and_threads_give_the_same_answer(monkeypatch) -> None:
+    """Many small hypothesis blocks (sorted in threads) equal one block and the 1-D auroc."""
+    rng = np.random.default_rng(11)
+    a = np.round(rng.normal(0.1, 0.3, (300, 37)), 2).astype(np.float32)
+    b = np.round(rng.normal(0.0, 0.3, (250, 37)), 2).astype(np.float32)
+    one_block = auroc_many(a, b)
+    monkeypatch.setattr(rank_stats, "_BLOCK_KEYS", 2 * (300 + 250))  # 2 hypotheses per block
+    blocked = auroc_many(a, b)
+    np.testing.assert_array_equal(blocked, one_block)
+    np.testing.assert_array_equal(one_block, [auroc(a[:, j], b[:, j]) for j in range(37)])
+
+
+def test_auroc_many_accepts_exactly_representable_dtypes() -> None:
+    a, b = np.array([[3], [1]], dtype=np.int64), np.array([[2.0], [0.5]])
+    assert auroc_many(a, b).tolist() == [auroc([3, 1], [2.0, 0.5])]
+
+
+def test_histogram_auroc_vectorised_equals_per_row() -> None:
+    rng = np.random.default_rng(2)
+    hist_a, hist_b = rng.integers(0, 5, (9, 16)), rng.integers(0, 5, (9, 16))
+    hist_a[:, 0] += 1
+    hist_b[:, -1] += 1
+    est, bound = auroc_from_histograms(hist_a, hist_b)
+    assert est.shape == bound.shape == (9,)
+    for j in range(9):
+        assert (est[j], bound[j]) == auroc_from_histograms(hist_a[j], hist_b[j])
+
+
+def test_vectorised_welch_matches_scipy_from_stats() -> None:
+    rng = np.random.default_rng(8)
+    mean_a, mean_b = rng.normal(0, 1, 20), rng.normal(0, 1, 20)
+    var_a, var_b = rng.uniform(0.1, 2, 20), rng.uniform(0.1, 2, 20)
+    t_stat, p_value, df = rank_stats._welch(30, mean_a, var_a, 45, mean_b, var_b)
+    ref = sps.ttest_ind_from_stats(
+        mean_a, np.sqrt(var_a), 30, mean_b, np.sqrt(var_b), 45, equal_var=False
+    )
+    np.testing.assert_allclose(t_stat, ref.statistic, rtol=1e-12)
+    np.testing.assert_allclose(p_value, ref.pvalue, rtol=1e-9)
+    for j in range(20):
+        single = welch_t_from_moments(30, mean_a[j], var_a[j], 45, mean_b[j], var_b[j])
+        assert (single.t_stat, single.p_value, single.df) == (t_stat[j], p_value[j], df[j])
+
+
+def test_docstring_examples_run() -> None:
+    """The Examples sections of every visdiff.rank module are doctests; CI runs them here."""
+    attempted = 0
+    for info in pkgutil.iter_modules(visdiff.rank.__path__, "visdiff.rank."):
+        module = importlib.import_module(info.name)
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, f"{info.name}: {result.failed} doctest(s) failed"
+        attempted += result.attempted
+    assert attempted >= 20  # stats and partials document their public functions

@@ -1,32 +1,114 @@
-"""Command line: `visdiff describe --config FILE [key=value ...]` and `visdiff demo`.
-No logic of its own: parse, build the config, call the library, print."""
+"""Command line: parse, build the config, call the library, print. No logic of its own."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
-from visdiff.config import DescribeConfig, load_config, valid_keys
-from visdiff.errors import VisdiffError
+from visdiff.config import DescribeConfig, key_docs, load_config, render_base_yaml, yaml_value
+from visdiff.errors import ConfigError, VisdiffError
 
 log = logging.getLogger("visdiff")
 
+DESCRIPTION = """\
+Describe, in plain language, how image set A differs from image set B.
+
+visdiff captions samples of both sets, asks an LLM for differences that are more often true of
+A than of B, and ranks every candidate with CLIP over all images (AUROC, t-test). A set is a
+folder, a group of a manifest (CSV/Parquet/JSONL), or WebDataset/Parquet shards, on disk or
+on S3. The same command runs on a laptop (it starts a local Ray) and on a Ray cluster.
+"""
+
+EPILOG = """\
+examples:
+  visdiff demo                        tiny offline models on a generated demo set
+  visdiff describe data.set_a=photos/cats data.set_b=photos/dogs output_dir=runs/cats
+  visdiff describe --config configs/examples_manifest.yaml models=cpu
+  visdiff describe data.set_a='s3://bucket/laion/{00000..00099}.tar' \\
+      data.set_b=s3://bucket/imagenet/val/ data.max_num_samples=0 models=gpu
+  visdiff embed --config my.yaml cache.root=s3://bucket/cache    fill the cache ahead
+  visdiff keys                        every setting with its default and meaning
+  visdiff keys clip.                  only the settings under clip.
+
+settings: key=value pairs (list: `visdiff keys`) win over --config FILE, which wins over the
+  model preset (models=tiny|cpu|gpu) and configs/base.yaml.
+results: output_dir gets ranked.json, report.html, stats.json and the resolved config.yaml;
+  status.json, written last, says complete or failed. A non-empty output_dir is refused
+  unless --overwrite is given.
+exit codes: 0 done, 2 config error, 3 bad input, 4 model unavailable, 5 LLM failure.
+"""
+
+VERBOSE_HELP = "also show Ray Data's own per-operator progress bars and execution logs"
+OVERWRITE_HELP = (
+    "replace the earlier run in a non-empty output_dir (same as overwrite=true; "
+    "visdiff demo always replaces its own run)"
+)
+OVERRIDES_HELP = "settings, e.g. models=cpu data.max_num_samples=0 (see `visdiff keys`)"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("visdiff")
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        from visdiff import __version__
+
+        return f"{__version__} (not installed)"
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visdiff", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    describe = sub.add_parser("describe", help="describe how image set A differs from set B")
-    describe.add_argument("--config", type=Path, help="experiment YAML (over configs/base.yaml)")
-    describe.add_argument("overrides", nargs="*", help="key=value overrides, e.g. models=cpu")
-    demo = sub.add_parser("demo", help="make a small demo dataset and describe it (tiny models)")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="visdiff", description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter
+    )
+    parser.add_argument("--version", action="version", version=f"visdiff {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=f"example:\n  {example}",
+            formatter_class=formatter,
+        )
+
+    describe = add(
+        "describe",
+        "describe how image set A differs from set B and write a run folder",
+        "visdiff describe data.set_a=photos/cats data.set_b=photos/dogs output_dir=runs/cats",
+    )
+    demo = add(
+        "demo",
+        "make a small demo dataset and describe it (tiny offline models)",
+        "visdiff demo --root /tmp/visdiff-demo",
+    )
     demo.add_argument("--root", type=Path, default=Path("runs/demo"), help="demo data + run folder")
-    demo.add_argument("overrides", nargs="*", help="key=value overrides")
-    embed = sub.add_parser("embed", help="fill the embedding cache (cache.root) for both sets")
-    embed.add_argument("--config", type=Path, help="experiment YAML (over configs/base.yaml)")
-    embed.add_argument("overrides", nargs="*", help="key=value overrides")
-    sub.add_parser("keys", help="list every config key")
+    embed = add(
+        "embed",
+        "fill the embedding cache (cache.root) for both sets ahead of a describe run",
+        "visdiff embed --config my.yaml cache.root=s3://bucket/visdiff-cache",
+    )
+    for command in (describe, embed):
+        command.add_argument(
+            "--config", type=Path, metavar="FILE", help="experiment YAML (over configs/base.yaml)"
+        )
+    for command in (describe, demo, embed):
+        command.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+        command.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+        command.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    keys = add(
+        "keys",
+        "list the settings (config keys) with their defaults and descriptions",
+        "visdiff keys data.        (each line works as a key=value override)",
+    )
+    keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this")
+    keys.add_argument(
+        "--yaml", action="store_true", help="print a complete, commented base config instead"
+    )
     return parser
 
 
@@ -37,6 +119,19 @@ def _setup_logging() -> None:
     if not root.handlers:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def keys_listing(prefix: str = "") -> list[str]:
+    """`key=default  # description` lines: each pastes as an override (or a shell line)."""
+    docs = [d for d in key_docs() if d.key.startswith(prefix)]
+    if not docs:
+        sections = sorted({d.key.split(".")[0] for d in key_docs()})
+        raise ConfigError(
+            f"no config key starts with '{prefix}'; try one of: {', '.join(sections)}"
+        )
+    assignments = [f"{d.key}={yaml_value(d.default)}" for d in docs]
+    width = min(40, max(len(a) for a in assignments))
+    return [f"{a:<{width}}  # {d.doc}" for a, d in zip(assignments, docs, strict=True)]
 
 
 def _print_summary(result, top_n: int) -> None:
@@ -54,20 +149,23 @@ def _print_summary(result, top_n: int) -> None:
     print(f"Run folder: {result.run_dir}")
 
 
-def run_describe(config: DescribeConfig) -> int:
+def run_describe(config: DescribeConfig, *, verbose: bool = False) -> int:
     from visdiff.pipeline import describe
+    from visdiff.progress import quiet_ray_data
 
+    quiet_ray_data(verbose)
     result = describe(config, progress=log.info)
     _print_summary(result, config.report.top_n_print)
     return 0
 
 
-def run_embed(config: DescribeConfig) -> int:
-    from visdiff.errors import ConfigError
+def run_embed(config: DescribeConfig, *, verbose: bool = False) -> int:
     from visdiff.pipeline import embed
+    from visdiff.progress import quiet_ray_data
 
     if not config.cache.root:
         raise ConfigError("visdiff embed needs cache.root (a local folder or s3:// prefix)")
+    quiet_ray_data(verbose)
     stats = embed(config, progress=log.info)
     cache = stats["cache"]
     print(
@@ -78,34 +176,59 @@ def run_embed(config: DescribeConfig) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "keys":
+        lines = [render_base_yaml()] if args.yaml else [f"{x}\n" for x in keys_listing(args.prefix)]
+        sys.stdout.writelines(lines)
+        return 0
+    if args.command == "demo":
+        from visdiff.demo import make_demo_sets
+
+        set_a, set_b = make_demo_sets(args.root / "data")
+        overrides = [
+            f"data.set_a={set_a}",
+            f"data.set_b={set_b}",
+            f"output_dir={args.root / 'run'}",
+            "overwrite=true",  # the demo owns its run folder: a rerun replaces it
+            "propose.num_samples=8",
+            *_overrides(args),
+        ]
+        config = load_config(None, overrides, base_file=_default_base())
+        return run_describe(config, verbose=args.verbose)
+    if args.command == "embed":
+        return run_embed(load_config(args.config, _overrides(args)), verbose=args.verbose)
+    return run_describe(load_config(args.config, _overrides(args)), verbose=args.verbose)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The key=value overrides; --overwrite is `overwrite=true` (given last, so it wins)."""
+    return [*args.overrides, *(["overwrite=true"] if args.overwrite else [])]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     try:
-        if args.command == "keys":
-            print("\n".join(valid_keys()))
-            return 0
-        if args.command == "demo":
-            from visdiff.demo import make_demo_sets
-
-            set_a, set_b = make_demo_sets(args.root / "data")
-            overrides = [
-                f"data.set_a={set_a}",
-                f"data.set_b={set_b}",
-                f"output_dir={args.root / 'run'}",
-                "propose.num_samples=8",
-                *args.overrides,
-            ]
-            return run_describe(load_config(None, overrides, base_file=_default_base()))
-        if args.command == "embed":
-            return run_embed(load_config(args.config, args.overrides))
-        return run_describe(load_config(args.config, args.overrides))
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
+        return code
     except VisdiffError as exc:
         message = " ".join(str(exc).split())  # always one line
         print(f"visdiff: error: {message}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`visdiff keys | head -3`): it had what it wanted. As Python's
+        # docs advise, point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _default_base() -> Path | None:
-    base = Path("configs/base.yaml")
-    return base if base.is_file() else None
+    """./configs/base.yaml in a checkout (so local edits apply), else the copy in the package."""
+    local = Path("configs/base.yaml")
+    if local.is_file():
+        return local
+    from importlib import resources
+
+    packaged = Path(str(resources.files("visdiff").joinpath("_data", "configs", "base.yaml")))
+    return packaged if packaged.is_file() else None

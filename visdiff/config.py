@@ -1,14 +1,22 @@
 """Typed run configuration: dataclass defaults <- configs/base.yaml <- model preset <- experiment
-file <- `key=value` overrides. Validation happens here, before any model or Ray starts."""
+file <- `key=value` overrides. Validation happens here, before any model or Ray starts.
+
+Each key's one-line description lives beside its default (`setting(default, "description")`);
+`visdiff keys` prints them and configs/base.yaml is rendered from them (`render_base_yaml`, kept
+equal by a test), so the documentation of a key has exactly one home."""
 
 from __future__ import annotations
 
 import difflib
+import math
+import string
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -17,127 +25,186 @@ from visdiff.errors import ConfigError
 PRESETS = ("tiny", "cpu", "gpu")
 
 
+def setting(default: Any, doc: str) -> Any:
+    """A config field with its one-line description (shown by `visdiff keys`, base.yaml)."""
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class DataConfig:
-    manifest: str | None = None  # CSV / Parquet / JSONL with columns path, group_name[, caption]
-    group_a: str | None = None  # group_name of set A in the manifest
-    group_b: str | None = None  # group_name of set B in the manifest
-    # set_a / set_b: a folder or prefix (local or s3://), or shards: a WebDataset .tar / Parquet
-    # file, a glob, a brace pattern ("s3://b/laion/{00000..00999}.tar") or a list of these.
-    set_a: Any = None
-    set_b: Any = None
-    image_column: str = "auto"  # Parquet shards: column with the encoded image bytes
-    caption_column: str = "auto"  # Parquet shards: alt-text column ("auto" tries common names)
-    max_num_samples: int = 5000  # per-set cap on images ranked (seeded); 0 = every image
-    num_blocks: int = 0  # Ray Data blocks per set (folders/manifests); 0 lets the program choose
+    """Inputs: a manifest + two group names, or two folders / shard sets."""
+
+    manifest: str | None = setting(
+        None, "CSV / Parquet / JSONL with columns path, group_name[, caption]"
+    )
+    group_a: str | None = setting(None, "group_name of set A in the manifest")
+    group_b: str | None = setting(None, "group_name of set B in the manifest")
+    set_a: Any = setting(
+        None, "set A: folder or prefix, or shards (.tar/.parquet: glob, {000..099}, list)"
+    )
+    set_b: Any = setting(None, "set B: like data.set_a; A and B may differ in kind")
+    image_column: str = setting("auto", "Parquet shards: column with the encoded image bytes")
+    caption_column: str = setting(
+        "auto", 'Parquet shards: alt-text column ("auto" tries common names)'
+    )
+    max_num_samples: int = setting(5000, "per-set cap on images ranked (seeded); 0 = every image")
+    num_blocks: int = setting(
+        0, "Ray Data blocks per set (folders/manifests); 0 lets the program choose"
+    )
 
 
 @dataclass
 class ClipConfig:
-    arch: str = "visdiff-tiny-clip"  # open_clip model name (or the bundled tiny config)
-    pretrained: str | None = None  # open_clip tag, hf-hub:..., local checkpoint; null = random init
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (fp16/bf16 only on GPU)
-    batch_size: int = 32
-    num_actors: int = 1  # actor-pool size of the embedding stage
-    num_decoders: int = 1  # actor-pool size of the decode + preprocess stage (CPU)
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    """CLIP ranker model (the models preset fills these; override per key)."""
+
+    arch: str = setting("visdiff-tiny-clip", "open_clip model name (or the bundled tiny config)")
+    pretrained: str | None = setting(
+        None, "open_clip tag, hf-hub:..., local checkpoint; null = random init"
+    )
+    precision: str = setting("fp32", "fp32 | fp16 | bf16 (fp16/bf16 only on GPU)")
+    batch_size: int = setting(32, "images per CLIP forward pass")
+    num_actors: int = setting(1, "CLIP model actors (images, then hypotheses)")
+    num_decoders: int = setting(1, "actor-pool size of the decode + preprocess stage (CPU)")
+    num_cpus: float = setting(1.0, "CPUs reserved per embedding actor")
+    num_gpus: float = setting(0.0, "GPUs per embedding actor (fractions share a GPU)")
+    decode: str = setting(
+        "auto", "auto | actor | pool: decode in the CLIP actors or a CPU pool; auto: actor w/o GPU"
+    )
 
 
 @dataclass
 class CaptionerConfig:
-    kind: str = "blip"  # blip | blip2 (transformers) | vllm (VLM on GPUs via ray.data.llm)
-    model: str = "tiny"  # hub id, local folder, or "tiny" (random init, offline)
-    prompt: str | None = None  # optional text prefix for conditional captioning
-    max_new_tokens: int = 30
-    precision: str = "fp32"
-    batch_size: int = 8
-    num_actors: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    """Captioner for the sampled images (image-to-text)."""
+
+    kind: str = setting("blip", "blip | blip2 (transformers) | vllm (VLM on GPUs via ray.data.llm)")
+    model: str = setting("tiny", 'hub id, local folder, or "tiny" (random init, offline)')
+    prompt: str | None = setting(None, "optional text prefix for conditional captioning")
+    max_new_tokens: int = setting(30, "longest caption, in tokens")
+    precision: str = setting("fp32", "fp32 | fp16 | bf16 (fp16/bf16 only on GPU)")
+    batch_size: int = setting(8, "images per captioner call")
+    num_actors: int = setting(1, "actor-pool size of the caption stage")
+    num_cpus: float = setting(1.0, "CPUs reserved per captioner actor")
+    num_gpus: float = setting(0.0, "GPUs per captioner actor")
 
 
 @dataclass
 class LLMConfig:
-    backend: str = "serve"  # serve: start our Serve app | external: any OpenAI-compatible URL
-    engine: str = "transformers"  # for backend=serve: transformers | vllm
-    model: str = "tiny"  # hub id, local folder, or "tiny" (random init, offline)
-    served_model_name: str = "visdiff-llm"  # model name the Serve app answers to
-    base_url: str | None = None  # external: e.g. https://api.openai.com/v1
-    external_model: str | None = None  # external: model name sent in requests
-    api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key (never the key)
-    temperature: float = 0.7
-    max_tokens: int = 256
-    timeout_s: float = 300.0
-    http_host: str = "127.0.0.1"  # where Serve's HTTP proxy listens (backend=serve)
-    http_port: int = 8000
-    route_prefix: str = "/visdiff-llm"
-    app_name: str = "visdiff-llm"
-    num_replicas: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    keep_running: bool = False  # leave the Serve app up after the run (reused by later runs)
+    """Proposer / judge LLM behind the OpenAI chat-completions protocol."""
+
+    backend: str = setting(
+        "serve", "serve: start our Serve app | external: any OpenAI-compatible URL"
+    )
+    engine: str = setting("transformers", "for backend=serve: transformers | vllm")
+    model: str = setting("tiny", 'hub id, local folder, or "tiny" (random init, offline)')
+    served_model_name: str = setting("visdiff-llm", "model name the Serve app answers to")
+    base_url: str | None = setting(None, "external: e.g. https://api.openai.com/v1")
+    external_model: str | None = setting(None, "external: model name sent in requests")
+    api_key_env: str = setting(
+        "OPENAI_API_KEY", "name of the env var holding the key (never the key)"
+    )
+    temperature: float = setting(0.7, "sampling temperature of the proposer")
+    max_tokens: int = setting(256, "longest LLM answer, in tokens")
+    timeout_s: float = setting(300.0, "seconds to wait for one LLM answer")
+    http_host: str = setting("127.0.0.1", "where Serve's HTTP proxy listens (backend=serve)")
+    http_port: int = setting(8000, "port of Serve's HTTP proxy (backend=serve)")
+    route_prefix: str = setting("/visdiff-llm", "URL prefix of the Serve app")
+    app_name: str = setting("visdiff-llm", "name of the Serve application")
+    num_replicas: int = setting(1, "replicas of the LLM deployment")
+    num_cpus: float = setting(1.0, "CPUs per LLM replica")
+    num_gpus: float = setting(0.0, "GPUs per LLM replica")
+    keep_running: bool = setting(
+        False, "leave the Serve app up after the run (reused by later runs)"
+    )
 
 
 @dataclass
 class CaptionConfig:
-    # model: run the captioner | manifest: the input's own captions (manifest caption column,
-    # shard alt-text) | auto: the input's caption where present, else the captioner
-    source: str = "model"
+    """Where the proposer's captions come from."""
+
+    source: str = setting(
+        "model", "model: captioner | manifest: the input's captions/alt-text | auto: either"
+    )
 
 
 @dataclass
 class ProposeConfig:
-    proposer: str = "llm"  # registry name
-    prompt: str = "clip_friendly"  # prompt template name
-    num_rounds: int = 3
-    num_samples: int = 20  # images per set per round
-    max_hypotheses_per_round: int = 10
+    """Proposer: rounds of captions -> LLM -> bullet list of hypotheses."""
+
+    proposer: str = setting("llm", "registry name")
+    prompt: str = setting("clip_friendly", "prompt template name")
+    num_rounds: int = setting(3, "LLM rounds, each on a fresh seeded sample")
+    num_samples: int = setting(20, "images per set per round")
+    max_hypotheses_per_round: int = setting(10, "hypotheses kept from each LLM answer")
 
 
 @dataclass
 class RankConfig:
-    ranker: str = "clip"  # registry name
-    classify_threshold: float = 0.3  # cosine similarity above which an image "shows" a hypothesis
-    text_template: str = "{}"  # how a hypothesis is phrased for the CLIP text encoder
-    exact_cap: int = 200000  # images (both sets) up to which AUROC is exact; beyond: histograms
-    histogram_bins: int = 2048  # bins over [-1, 1]; AUROC error bound shrinks with more bins
+    """Ranker: CLIP similarity of every image to every hypothesis, AUROC between sets."""
+
+    ranker: str = setting("clip", "registry name")
+    classify_threshold: float = setting(
+        0.3, 'cosine similarity above which an image "shows" a hypothesis'
+    )
+    text_template: str = setting("{}", "how a hypothesis is phrased for the CLIP text encoder")
+    exact_cap: int = setting(
+        200000, "images (both sets) up to which AUROC is exact; beyond: histograms"
+    )
+    histogram_bins: int = setting(
+        2048, "bins over [-1, 1]; AUROC error bound shrinks with more bins"
+    )
 
 
 @dataclass
 class EvaluateConfig:
-    enabled: bool = False
-    evaluator: str = "llm_judge"
-    ground_truth_a: str | None = None  # what set A shows; defaults to group_a / folder name
-    ground_truth_b: str | None = None
-    top_k: int = 5  # hypotheses judged (Acc@1, Acc@5 and Acc@N over these)
+    """Evaluator: an LLM judge scores the top hypotheses against the ground truth."""
+
+    enabled: bool = setting(False, "judge the top hypotheses (writes metrics.json)")
+    evaluator: str = setting("llm_judge", "registry name")
+    ground_truth_a: str | None = setting(
+        None, "what set A shows; defaults to group_a / folder name"
+    )
+    ground_truth_b: str | None = setting(
+        None, "what set B shows; defaults to group_b / folder name"
+    )
+    top_k: int = setting(5, "hypotheses judged (Acc@1, Acc@5 and Acc@N over these)")
 
 
 @dataclass
 class CacheConfig:
-    root: str | None = (
-        None  # content-addressed embedding/caption cache (local or s3://); null = off
+    """Cache: image embeddings and captions keyed by model identity + image content hash."""
+
+    root: str | None = setting(
+        None, "content-addressed embedding/caption cache (local or s3://); null = off"
     )
 
 
 @dataclass
 class RayConfig:
-    address: str | None = None  # null: start a local Ray; "auto" or host:port: join a cluster
-    num_cpus: int | None = None  # local Ray only; null = max(4, cores)
-    object_store_memory_mb: int | None = None  # local Ray only
+    """Ray: start a local instance or join a cluster."""
+
+    address: str | None = setting(
+        None, 'null: start a local Ray; "auto" or host:port: join a cluster'
+    )
+    num_cpus: int | None = setting(None, "local Ray only; null = max(4, cores)")
+    object_store_memory_mb: int | None = setting(None, "local Ray only; null = Ray's default")
 
 
 @dataclass
 class ReportConfig:
-    thumbnails_per_set: int = 8
-    top_n_print: int = 5  # hypotheses printed at the end of the run
+    """Run-folder report and console summary."""
+
+    thumbnails_per_set: int = setting(8, "sample images per set shown in report.html")
+    top_n_print: int = setting(5, "hypotheses printed at the end of the run")
 
 
 @dataclass
 class DescribeConfig:
-    models: str = "tiny"  # model preset: tiny | cpu | gpu
-    output_dir: str = "runs/latest"  # run folder, created if absent
-    seed: int = 0
+    models: str = setting("tiny", "model preset: tiny | cpu | gpu")
+    output_dir: str = setting("runs/latest", "run folder (local or s3://), created if absent")
+    overwrite: bool = setting(
+        False, "replace an earlier run in output_dir (else a non-empty output_dir is refused)"
+    )
+    seed: int = setting(0, "seed of the per-round samples, the caps and the shard order")
     data: DataConfig = field(default_factory=DataConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
@@ -154,6 +221,7 @@ class DescribeConfig:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "models": PRESETS,
     "clip.precision": ("fp32", "fp16", "bf16"),
+    "clip.decode": ("auto", "actor", "pool"),
     "captioner.kind": ("blip", "blip2", "vllm"),
     "captioner.precision": ("fp32", "fp16", "bf16"),
     "llm.backend": ("serve", "external"),
@@ -165,20 +233,66 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _valid_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
+def valid_keys() -> list[str]:
+    """Every settable dotted key, for error messages and docs."""
+    return [prefix + f.name for prefix, _, f in _leaf_fields(DescribeConfig())]
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    key: str  # dotted, e.g. data.max_num_samples
+    default: Any
+    doc: str  # one line
+
+
+def key_docs() -> list[KeyDoc]:
+    """Every settable key with its default and description, in base.yaml order."""
+    return [
+        KeyDoc(prefix + f.name, getattr(node, f.name), f.metadata["doc"])
+        for prefix, node, f in _leaf_fields(DescribeConfig())
+    ]
+
+
+def _leaf_fields(node: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    out = []
     for f in fields(node):
         value = getattr(node, f.name)
         if is_dataclass(value):
-            keys.extend(_valid_keys(value, f"{prefix}{f.name}."))
+            out.extend(_leaf_fields(value, f"{prefix}{f.name}."))
         else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
+            out.append((prefix, node, f))
+    return out
 
 
-def valid_keys() -> list[str]:
-    """Every settable dotted key, for error messages and docs."""
-    return _valid_keys(DescribeConfig())
+def yaml_value(value: Any) -> str:
+    """A default as YAML writes it inline (null, true, 0.3, auto, '{}')."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+BASE_YAML_HEADER = """\
+# visdiff: every default, with a comment. Experiment files override these;
+# `key=value` on the command line overrides both. Model presets (tiny/cpu/gpu) are applied
+# after this file and before the experiment file.
+# Rendered from visdiff/config.py (`visdiff keys --yaml`): edit the descriptions there.
+"""
+
+
+def render_base_yaml() -> str:
+    """configs/base.yaml: every key, its default and its description, one section per class."""
+    lines = [BASE_YAML_HEADER]
+    config = DescribeConfig()
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            lines += ["", f"# {type(value).__doc__}", f"{f.name}:"]
+            lines += [
+                f"  {sub.name}: {yaml_value(getattr(value, sub.name))}  # {sub.metadata['doc']}"
+                for sub in fields(value)
+            ]
+        else:
+            lines.append(f"{f.name}: {yaml_value(value)}  # {f.metadata['doc']}")
+    return "\n".join(lines) + "\n"
 
 
 def _key_error(key: str, reason: str) -> ConfigError:
@@ -269,9 +383,33 @@ def load_config(
     merged = schema
     for layer, source in [*base_layers, preset_layer, *rest, (cli, "command-line overrides")]:
         merged = _merge(merged, layer, source)
+    as_written = _interpolated_values(OmegaConf.to_container(merged, resolve=False))
     config: DescribeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
+    setattr(config, AS_WRITTEN, as_written)
     return config
+
+
+# Attribute of a loaded config: {dotted key: value as written} for every value that was an
+# interpolation (`${oc.env:NAME}`, `${other.key}`). The run uses the resolved value; `to_yaml`
+# writes these as written, so that an environment secret never lands in a run folder.
+AS_WRITTEN = "_as_written"
+
+
+def _interpolated_values(node: Any, prefix: str = "") -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            found.update(_interpolated_values(value, f"{prefix}{key}."))
+        elif _has_interpolation(value):
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+def _has_interpolation(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_interpolation(v) for v in value)
+    return isinstance(value, str) and "${" in value
 
 
 def _choice_error(key: str, value: Any) -> ConfigError:
@@ -285,8 +423,125 @@ def _get(config: DescribeConfig, dotted: str) -> Any:
     return node
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The allowed range of a numeric key: [low, high], or (low, high] when `open_low`."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    note: str = ""  # what special values mean, e.g. "0 = every image"
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        return above and value <= self.high  # NaN fails both
+
+    def describe(self) -> str:
+        low = _number(self.low)
+        if self.high == math.inf:
+            text = f"> {low}" if self.open_low else f">= {low}"
+        else:
+            text = f"in {'(' if self.open_low else '['}{low}, {_number(self.high)}]"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+ACTORS = Bound(1, 10_000)
+CPUS = Bound(0, 1024)
+GPUS = Bound(0, 64, note="fractions share a GPU")
+BATCH = Bound(1, 65_536)
+
+# Every numeric key and its range (a test checks that no numeric key is missing). Upper bounds
+# stop values that would exhaust the machine (a thread per round, a histogram per bin).
+BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0, 2**32 - 1),
+    "data.max_num_samples": Bound(0, 10**12, note="0 = every image"),
+    "data.num_blocks": Bound(0, 10**6, note="0 = the program chooses"),
+    "clip.batch_size": BATCH,
+    "clip.num_actors": ACTORS,
+    "clip.num_decoders": ACTORS,
+    "clip.num_cpus": CPUS,
+    "clip.num_gpus": GPUS,
+    "captioner.max_new_tokens": Bound(1, 4096),
+    "captioner.batch_size": BATCH,
+    "captioner.num_actors": ACTORS,
+    "captioner.num_cpus": CPUS,
+    "captioner.num_gpus": GPUS,
+    "llm.temperature": Bound(0, 2),
+    "llm.max_tokens": Bound(1, 131_072),
+    "llm.timeout_s": Bound(0, 86_400, open_low=True, note="seconds"),
+    "llm.http_port": Bound(1, 65_535),
+    "llm.num_replicas": Bound(1, 1000),
+    "llm.num_cpus": CPUS,
+    "llm.num_gpus": GPUS,
+    "propose.num_rounds": Bound(1, 1000),
+    "propose.num_samples": Bound(1, 10_000),
+    "propose.max_hypotheses_per_round": Bound(1, 1000),
+    "rank.classify_threshold": Bound(-1, 1, note="cosine similarity"),
+    "rank.exact_cap": Bound(1, 10**9),
+    "rank.histogram_bins": Bound(2, 10**6),
+    "evaluate.top_k": Bound(1, 1000),
+    "ray.num_cpus": Bound(0, 100_000, note="0 or null = max(4, cores)"),
+    "ray.object_store_memory_mb": Bound(0, 10**8, note="0 or null = Ray's default"),
+    "report.thumbnails_per_set": Bound(0, 1000),
+    "report.top_n_print": Bound(0, 1000),
+}
+MIN_OBJECT_STORE_MB = 75  # Ray refuses a smaller object store
+
+
+def _check_bounds(config: DescribeConfig) -> None:
+    for key, bound in BOUNDS.items():
+        value = _get(config, key)
+        if value is None:  # optional keys (ray.*): null means the default
+            continue
+        if not bound.holds(value):
+            raise ConfigError(f"config key '{key}' = {value} must be {bound.describe()}")
+    store = config.ray.object_store_memory_mb
+    if store and store < MIN_OBJECT_STORE_MB:
+        raise ConfigError(
+            f"config key 'ray.object_store_memory_mb' = {store} must be 0 (Ray's default) or "
+            f">= {MIN_OBJECT_STORE_MB} (Ray's minimum object store)"
+        )
+
+
+def _check_text_template(template: str) -> None:
+    """Exactly one `{}` (literal braces doubled), so that `template.format(hypothesis)` works."""
+    key = "config key 'rank.text_template'"
+    try:
+        fields_ = [
+            (name, spec, conversion)
+            for _text, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ConfigError(
+            f"{key} = {template!r} is not a valid template ({exc}); write braces that are not "
+            "the placeholder as {{ and }}"
+        ) from None
+    if fields_ != [("", "", None)]:
+        raise ConfigError(
+            f"{key} = {template!r} must contain exactly one '{{}}' for the hypothesis "
+            "(e.g. 'a photo of {}'); write other braces as {{ and }}"
+        )
+
+
+def _check_base_url(url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"config key 'llm.base_url' = {url!r} must be an http:// or https:// URL with a host "
+            "(e.g. https://api.openai.com/v1)"
+        )
+
+
 def validate(config: DescribeConfig) -> None:
-    """Cross-field checks that types alone cannot express; raises ConfigError naming the key."""
+    """Ranges and cross-field checks that types alone cannot express; raises ConfigError naming
+    the key and what it allows, before any model or Ray starts."""
     for key, choices in _CHOICES.items():
         if _get(config, key) not in choices:
             raise _choice_error(key, _get(config, key))
@@ -314,44 +569,33 @@ def validate(config: DescribeConfig) -> None:
             raise ConfigError(
                 f"config key '{key}' must be a folder, a shard pattern or a list of shard paths"
             )
-    if data.max_num_samples < 0:
-        raise ConfigError(
-            f"config key 'data.max_num_samples' must be >= 0 (0 = no cap), got {data.max_num_samples}"
-        )
-    positive = {
-        "clip.num_decoders": config.clip.num_decoders,
-        "rank.exact_cap": config.rank.exact_cap,
-        "rank.histogram_bins": config.rank.histogram_bins,
-        "propose.num_rounds": config.propose.num_rounds,
-        "propose.num_samples": config.propose.num_samples,
-        "propose.max_hypotheses_per_round": config.propose.max_hypotheses_per_round,
-        "clip.batch_size": config.clip.batch_size,
-        "clip.num_actors": config.clip.num_actors,
-        "captioner.batch_size": config.captioner.batch_size,
-        "captioner.num_actors": config.captioner.num_actors,
-        "llm.max_tokens": config.llm.max_tokens,
-        "llm.num_replicas": config.llm.num_replicas,
-        "evaluate.top_k": config.evaluate.top_k,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
-    if config.data.num_blocks < 0:
-        raise ConfigError(
-            f"config key 'data.num_blocks' must be >= 0, got {config.data.num_blocks}"
-        )
-    if not -1.0 <= config.rank.classify_threshold <= 1.0:
-        raise ConfigError("config key 'rank.classify_threshold' must lie in [-1, 1] (cosine)")
-    if "{}" not in config.rank.text_template:
-        raise ConfigError("config key 'rank.text_template' must contain '{}' for the hypothesis")
+    _check_bounds(config)
+    _check_text_template(config.rank.text_template)
+    _check_base_url(config.llm.base_url)
     if config.llm.backend == "external" and not config.llm.base_url:
         raise ConfigError("llm.backend=external needs llm.base_url (an OpenAI-compatible /v1 URL)")
+    if not config.llm.route_prefix.startswith("/"):
+        raise ConfigError(
+            f"config key 'llm.route_prefix' = {config.llm.route_prefix!r} must start with '/'"
+        )
     if not config.output_dir:
         raise ConfigError("config key 'output_dir' must be a folder path")
 
 
 def to_yaml(config: DescribeConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    """The run's config as YAML (written to the run folder as config.yaml).
+
+    Values the user gave as interpolations are written as written (`${oc.env:NAME}`), not
+    resolved: they are how secrets reach a config, and the text still reproduces the run in the
+    same environment (loading the file resolves it again)."""
+    data = to_dict(config)
+    for key, written in getattr(config, AS_WRITTEN, {}).items():
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = written
+    return OmegaConf.to_yaml(OmegaConf.create(data))
 
 
 def to_dict(config: DescribeConfig) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from visdiff.report.html import render_report
 from visdiff.report.writers import RunFolder
 from visdiff.runtime import ray_runtime
 from visdiff.sources.plan import InputPlan, plan_inputs
+from visdiff.stages.embed import ClipActors, clip_model_actors
 from visdiff.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -71,24 +72,42 @@ def _prepare(config: DescribeConfig, timer: StageTimer, say: Callable[[str], Non
     """Everything that can fail on bad input, before Ray or a model starts."""
     with timer("load_inputs"):
         plan = plan_inputs(config.data, caption_source=config.caption.source)
+    cap = config.data.max_num_samples
     for p in plan.sets:
-        size = (
-            f"{len(p.records)} images" if p.records is not None else f"{len(p.shards or [])} shards"
-        )
+        if p.records is None:
+            size = f"{len(p.shards or []):,} shards" + (
+                f", up to {cap:,} images ranked" if cap else ""
+            )
+        elif 0 < cap < len(p.records):
+            size = f"{len(p.records):,} images, {cap:,} ranked: data.max_num_samples"
+        else:
+            size = f"{len(p.records):,} images"
         say(f"set {p.set_name.upper()} = '{p.display_name}' ({size})")
     with timer("check_models"):
         check_models_available(config)
     return plan
 
 
-def _embed_all(plan: InputPlan, config: DescribeConfig, timer: StageTimer) -> EmbeddedImages:
+def _embed_all(
+    plan: InputPlan, config: DescribeConfig, timer: StageTimer, clip: ClipActors | None = None
+) -> EmbeddedImages:
+    from visdiff.progress import expected_images, expecting
     from visdiff.rank.ranker import embed_images
     from visdiff.sources.datasets import ranking_dataset
 
     with timer("embed_images"):
-        ds_a, _ = ranking_dataset(plan.a, config.data, seed=config.seed)
-        ds_b, _ = ranking_dataset(plan.b, config.data, seed=config.seed)
-        return embed_images(ds_a.union(ds_b), config.clip, cache_root=config.cache.root)
+        ds_a, n_a = ranking_dataset(plan.a, config.data, seed=config.seed)
+        ds_b, n_b = ranking_dataset(plan.b, config.data, seed=config.seed)
+        sizes = [(n_a, len(plan.a.shards or [])), (n_b, len(plan.b.shards or []))]
+        with expecting("decode+embed", expected_images(sizes, config.data.max_num_samples)):
+            return embed_images(
+                ds_a.union(ds_b), config.clip, cache_root=config.cache.root, actors=clip
+            )
+
+
+def _caption_samples(plan: InputPlan, config: DescribeConfig, timer: StageTimer) -> CaptionedRounds:
+    with timer("caption"):
+        return build_rounds(plan, _sample_pools(plan, config), config)
 
 
 def _sample_pools(plan: InputPlan, config: DescribeConfig) -> dict[str, list[dict[str, Any]]]:
@@ -99,24 +118,45 @@ def _sample_pools(plan: InputPlan, config: DescribeConfig) -> dict[str, list[dic
 
 
 def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None = None) -> RunResult:
+    """A used output_dir is refused (unless config.overwrite) before any input is read; nothing is
+    written until the inputs and models check out; status.json comes last (complete / failed)."""
     say = progress or log.info
     timer = StageTimer()
     started = time.perf_counter()
-    plan = _prepare(config, timer, say)
     folder = RunFolder(config.output_dir)
+    folder.check_unused(overwrite=config.overwrite)
+    plan = _prepare(config, timer, say)
+    folder.begin()
+    with folder.recording_status():
+        return _describe(config, plan, folder, timer, started, say)
+
+
+def _describe(
+    config: DescribeConfig,
+    plan: InputPlan,
+    folder: RunFolder,
+    timer: StageTimer,
+    started: float,
+    say: Callable[[str], None],
+) -> RunResult:
     folder.write_text("config.yaml", to_yaml(config))
 
     from visdiff.rank.ranker import embed_texts, score_hypotheses
 
     metrics = None
-    with ray_runtime(config.ray), ThreadPoolExecutor(max_workers=1) as background:
+    with (
+        ray_runtime(config.ray) as ray_start,
+        clip_model_actors(config.clip, config.cache.root) as clip,  # images, then hypotheses
+        ThreadPoolExecutor(max_workers=2) as background,
+    ):
         _warm_up_ray()
-        say("embedding every image in the background")
-        embedding = background.submit(_embed_all, plan, config, timer)
+        say("decoding and embedding every image in the background (decode+embed lines)")
+        embedding = background.submit(_embed_all, plan, config, timer, clip)
+        # Captions do not need the LLM: caption while the LLM app starts.
+        say(f"captioning samples (caption.source={config.caption.source})")
+        captioning = background.submit(_caption_samples, plan, config, timer)
         with open_llm(config.llm) as client:
-            with timer("caption"):
-                say(f"captioning samples (caption.source={config.caption.source})")
-                captioned = build_rounds(plan, _sample_pools(plan, config), config)
+            captioned = captioning.result()
             with timer("propose"):
                 say(f"proposing: {config.propose.num_rounds} rounds")
                 proposals, hypotheses = propose(
@@ -132,7 +172,9 @@ def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None =
             embedded = embedding.result()
             with timer("embed_texts"):
                 template = config.rank.text_template
-                text_embeddings = embed_texts([template.format(h) for h in hypotheses], config.clip)
+                texts = [template.format(h) for h in hypotheses]
+                text_embeddings = embed_texts(texts, config.clip, actors=clip)
+            startup = {"ray": ray_start.seconds, "clip_actors": clip.startup_seconds()}
             with timer("rank"):
                 say(f"ranking {len(hypotheses)} hypotheses on {embedded.num_rows} images")
                 ranked_stats = score_hypotheses(embedded, hypotheses, text_embeddings, config.rank)
@@ -144,6 +186,7 @@ def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None =
 
     stats = run_stats(plan, embedded, captioned, proposals, hypotheses)
     stats["seconds"] = timer.as_dict()
+    stats["startup_seconds"] = startup  # Ray start; CLIP actors: creation to model loaded
     stats["total_seconds"] = round(time.perf_counter() - started, 3)
     folder.write_ranked(ranked)
     folder.write_json("stats.json", stats)
@@ -170,6 +213,8 @@ def embed(
     """`visdiff embed`: fill the embedding cache for both sets ahead of time; returns stats."""
     say = progress or log.info
     timer = StageTimer()
+    folder = RunFolder(config.output_dir)
+    folder.check_unused(overwrite=config.overwrite, only=("embed_stats.json",))
     plan = _prepare(config, timer, say)
     with ray_runtime(config.ray):
         _warm_up_ray()
@@ -185,7 +230,6 @@ def embed(
         "skipped": embedded.skipped + [{**s, "stage": "listing"} for s in plan.skipped],
         "seconds": timer.as_dict(),
     }
-    folder = RunFolder(config.output_dir)
     folder.write_json("embed_stats.json", stats)
     return stats
 

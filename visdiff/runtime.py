@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from visdiff.config import RayConfig
 
@@ -20,11 +22,20 @@ def local_cpu_slots() -> int:
     return max(4, os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
+class RayStart:
+    """What `ray_runtime` did: whether this run started (or joined) Ray, and how long it took."""
+
+    started: bool
+    seconds: float
+
+
 @contextmanager
-def ray_runtime(cfg: RayConfig) -> Iterator[None]:
+def ray_runtime(cfg: RayConfig) -> Iterator[RayStart]:
     import ray
 
     started = False
+    began = time.perf_counter()
     if not ray.is_initialized():
         if cfg.address:
             log.info("joining Ray cluster at %s", cfg.address)
@@ -41,7 +52,7 @@ def ray_runtime(cfg: RayConfig) -> Iterator[None]:
             )
         started = True
     try:
-        yield
+        yield RayStart(started, round(time.perf_counter() - began, 3))
     finally:
         if started:
             ray.shutdown()

@@ -6,7 +6,7 @@ SET = "set"  # "a" or "b"
 URI = "uri"  # local path or s3:// URI of the encoded image
 CAPTION = "caption"  # caption from the manifest ("" when absent)
 IMAGE_BYTES = "image_bytes"
-PIXELS = "pixels"  # preprocessed float32 tensor (C, H, W)
+PIXELS = "pixels"  # uint8 (C, H, W), resized + cropped; normalised beside the model
 ERROR = "error"  # "" when the row is fine, else "<reason>: <detail>"
 EMBEDDING = "embedding"  # L2-normalised float32 vector
 GENERATED_CAPTION = "generated_caption"
@@ -33,7 +33,8 @@ RANKED_COLUMNS = (
     "n_b",
 )
 
-# Files every describe run folder holds (metrics.json too when evaluation is on).
+# Files every describe run folder holds (metrics.json too when evaluation is on). status.json is
+# written last: {"state": "complete", ...} or {"state": "failed", "error": ...}.
 RUN_FILES = (
     "config.yaml",
     "hypotheses.jsonl",
@@ -41,4 +42,5 @@ RUN_FILES = (
     "ranked.parquet",
     "stats.json",
     "report.html",
+    "status.json",
 )

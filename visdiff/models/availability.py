@@ -106,8 +106,22 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.startswith((".", "~")) or Path(value).suffix != ""
 
 
+def _arch_config_on_disk(arch: str) -> bool:
+    """The arch's JSON config is bundled with visdiff or ships inside open_clip: found without
+    importing open_clip (and torch), which costs seconds on a small machine."""
+    import importlib.util
+
+    folders = [Path(__file__).resolve().parent / "model_configs"]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) / "model_configs" for p in spec.submodule_search_locations]
+    return any((folder / f"{arch}.json").is_file() for folder in folders)
+
+
 def check_clip_available(arch: str, pretrained: str | None, preset: str) -> None:
     """open_clip names: built-in / bundled arch + tag or checkpoint, `hf-hub:` or `local-dir:`."""
+    if (not pretrained or pretrained == TINY) and _arch_config_on_disk(arch):
+        return  # a known architecture with random init: nothing to fetch
     import open_clip
 
     from visdiff.models.clip import register_bundled_configs

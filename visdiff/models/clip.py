@@ -104,6 +104,45 @@ def build_eval_transform(cfg: ClipConfig) -> Callable[[Any], torch.Tensor]:
     )
 
 
+@dataclass(frozen=True)
+class PixelTransform:
+    """open_clip's eval transform split where it turns the image into floats.
+
+    `geometry` (resize, crop, RGB) runs where the image is decoded and yields uint8 pixels, a
+    quarter of the float32 bytes to move; `normalize` (/255, mean/std) runs on a whole batch
+    beside the model, on its device. Together they compute exactly what the eval transform does.
+    """
+
+    geometry: Callable[[Any], Any]  # PIL image -> PIL image (resized, cropped, RGB)
+    normalize: torch.nn.Module  # float (n, 3, H, W) in [0, 1] -> normalised
+
+    def to_uint8(self, image: Any) -> np.ndarray:
+        """(3, H, W) uint8: the geometry applied, before ToTensor's scaling."""
+        pixels = np.asarray(self.geometry(image), dtype=np.uint8)
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"expected an RGB image, got pixels of shape {pixels.shape}")
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def to_model_input(
+        self, pixels: np.ndarray, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """uint8 (n, 3, H, W) -> the model's input: ToTensor's /255 and Normalize, batched."""
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+        return self.normalize(batch.to(torch.float32).div(255)).to(dtype)
+
+
+def build_pixel_transform(cfg: ClipConfig) -> PixelTransform:
+    """`build_eval_transform` cut at its ToTensor step (see `PixelTransform`)."""
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    steps = list(build_eval_transform(cfg).transforms)
+    cut = next((i for i, step in enumerate(steps) if isinstance(step, ToTensor)), None)
+    rest = steps[cut + 1 :] if cut is not None else []
+    if cut is None or len(rest) != 1 or not isinstance(rest[0], Normalize):
+        raise ValueError(f"unexpected open_clip eval transform for '{cfg.arch}': {steps}")
+    return PixelTransform(geometry=Compose(steps[:cut]), normalize=rest[0])
+
+
 def _embed_dim(model: torch.nn.Module, cfg: ClipConfig, tokenizer: Callable, device) -> int:
     if not cfg.arch.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
         model_cfg = open_clip.get_model_config(cfg.arch)

@@ -50,8 +50,12 @@ def caption_images(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus or None,
     )
+    from visdiff.progress import Expected, materialize_with_progress
+
+    captioned = materialize_with_progress(ds, "caption", Expected(images=len(items)))
     return {
-        row[schema.ID]: (row[schema.GENERATED_CAPTION], row[schema.ERROR]) for row in ds.take_all()
+        row[schema.ID]: (row[schema.GENERATED_CAPTION], row[schema.ERROR])
+        for row in captioned.take_all()
     }
 
 

@@ -3,14 +3,19 @@
 Each Ray Data block scores its images against H hypotheses and returns one ``ScorePartials``
 (as a one-row batch via ``to_row``); the driver folds them with ``merge_all`` (associative
 and commutative) and calls ``finalize``. Driver memory is bounded: moments, threshold counts
-and fixed-bin histograms are O(H * num_bins), and the exact score matrices are kept only
-while the total number of images is <= ``exact_cap`` (then AUROC is exact), after which they
-are dropped for good and AUROC comes from the histograms with a worst-case error bound.
+and fixed-bin histograms are O(H * num_bins), and the exact scores are kept only while the
+total number of images is <= ``exact_cap`` (then AUROC is exact), after which they are
+turned into histograms for good and AUROC comes from those with a worst-case error bound.
+
+A partial holds either the exact scores or the histograms, never both: histograms are only
+needed once the exact scores go, and they can always be rebuilt from them, so blocks under
+the cap neither compute nor ship them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,19 +23,22 @@ from typing import Any
 
 import numpy as np
 
+from visdiff.config import RankConfig
 from visdiff.rank.stats import (
     _as_count,
     _as_finite,
     _as_float,
-    auroc,
+    _auroc_rows,
+    _correct_delta_from_counts,
+    _welch,
     auroc_from_histograms,
-    welch_t_from_moments,
 )
 
 __all__ = ["HypothesisStats", "ScorePartials", "merge_all", "rank_order"]
 
-DEFAULT_NUM_BINS = 2048
-DEFAULT_EXACT_CAP = 20000
+# One home for the defaults: the run configuration's.
+DEFAULT_NUM_BINS = RankConfig.histogram_bins
+DEFAULT_EXACT_CAP = RankConfig.exact_cap
 _SETS = ("A", "B")
 
 
@@ -80,7 +88,16 @@ class HypothesisStats:
 
 
 def rank_order(stats: Iterable[HypothesisStats]) -> list[HypothesisStats]:
-    """Best first: AUROC descending, then t_stat descending (NaN last), then hypothesis text."""
+    """Best first: AUROC descending, then t_stat descending (NaN last), then hypothesis text.
+
+    Examples
+    --------
+    >>> scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8]])
+    >>> part = ScorePartials.from_scores(scores, np.array([True, True, False, False]),
+    ...                                  threshold=0.5)
+    >>> [s.hypothesis for s in rank_order(part.finalize(["dogs", "cats"]))]
+    ['dogs', 'cats']
+    """
 
     def key(s: HypothesisStats) -> tuple[float, float, str]:
         auc = -math.inf if math.isnan(s.auroc) else s.auroc
@@ -96,9 +113,21 @@ def _bin_index(values: np.ndarray, num_bins: int) -> np.ndarray:
     Every step is monotone in floating point, so a higher bin always means a strictly larger
     score; the histogram AUROC bound relies on that.
     """
-    clipped = np.clip(values, -1.0, 1.0)
+    clipped = np.clip(values.astype(np.float64), -1.0, 1.0)
     index = np.floor((clipped + 1.0) * (num_bins / 2.0)).astype(np.int64)
     return np.minimum(index, num_bins - 1)
+
+
+def _histograms(exact: list[np.ndarray], num_bins: int) -> np.ndarray:
+    """(2, H, num_bins) counts of the hypothesis-major float32 scores of sets A and B."""
+    h = exact[0].shape[0]
+    hist = np.zeros((2, h, num_bins), np.int64)
+    offsets = np.arange(h, dtype=np.int64)[:, None] * num_bins
+    for i, scores in enumerate(exact):
+        if scores.shape[1]:
+            flat = (_bin_index(scores, num_bins) + offsets).ravel()
+            hist[i] = np.bincount(flat, minlength=h * num_bins).reshape(h, num_bins)
+    return hist
 
 
 @dataclass
@@ -106,8 +135,9 @@ class ScorePartials:
     """Sufficient statistics of the scores of both sets; index 0 is set A, 1 is set B.
 
     ``mean``/``m2`` are merged with Chan et al.'s parallel update (stable, unlike raw sums of
-    squares). ``exact`` holds float32 score matrices (n_set, H) while the total image count
-    is <= ``exact_cap`` and is None once it has exceeded it.
+    squares). ``exact`` holds the float32 scores hypothesis-major, (H, n_set) per set, so that
+    ``finalize`` sorts contiguous rows, while the total image count is <= ``exact_cap``; then
+    ``hist`` is None. Past the cap ``exact`` is None and ``hist`` holds the bin counts.
     """
 
     threshold: float
@@ -117,8 +147,8 @@ class ScorePartials:
     mean: np.ndarray  # (2, H) float64
     m2: np.ndarray  # (2, H) float64
     above: np.ndarray  # (2, H) int64, scores > threshold
-    hist: np.ndarray  # (2, H, num_bins) int64
-    exact: list[np.ndarray] | None
+    hist: np.ndarray | None  # (2, H, num_bins) int64, only once exact is gone
+    exact: list[np.ndarray] | None  # 2 x (H, n_set) float32
 
     def __post_init__(self) -> None:
         self.threshold = _as_finite(self.threshold, "threshold")
@@ -132,7 +162,11 @@ class ScorePartials:
             "above": ((2, h), np.int64),
             "hist": ((2, h, self.num_bins), np.int64),
         }
+        if (self.hist is None) == (self.exact is None):
+            raise ValueError("a ScorePartials holds exactly one of exact scores and hist")
         for name, (shape, dtype) in expected.items():
+            if getattr(self, name) is None:
+                continue
             arr = np.asarray(getattr(self, name))
             if arr.shape != shape or h < 1:
                 raise ValueError(f"{name} must have shape {shape} with H >= 1, got {arr.shape}")
@@ -141,16 +175,22 @@ class ScorePartials:
             if len(self.exact) != 2:
                 raise ValueError(f"exact must hold 2 matrices (A, B), got {len(self.exact)}")
             for i, matrix in enumerate(self.exact):
-                if np.shape(matrix) != (int(self.count[i]), h):
+                if np.shape(matrix) != (h, int(self.count[i])):
                     raise ValueError(
-                        f"exact[{i}] must have shape {(int(self.count[i]), h)}, "
-                        f"got {np.shape(matrix)}"
+                        f"exact[{i}] must have shape {(h, int(self.count[i]))} "
+                        f"(hypotheses x images), got {np.shape(matrix)}"
                     )
             self.exact = [np.asarray(m, dtype=np.float32) for m in self.exact]
 
     @property
     def num_hypotheses(self) -> int:
         return int(self.mean.shape[1])
+
+    def histograms(self) -> np.ndarray:
+        """(2, H, num_bins) bin counts: kept ones past the cap, else built from the scores."""
+        if self.hist is not None:
+            return self.hist
+        return _histograms(self.exact, self.num_bins)
 
     @classmethod
     def empty(
@@ -172,8 +212,8 @@ class ScorePartials:
             mean=np.zeros((2, h)),
             m2=np.zeros((2, h)),
             above=np.zeros((2, h), np.int64),
-            hist=np.zeros((2, h, num_bins), np.int64),
-            exact=[np.zeros((0, h), np.float32), np.zeros((0, h), np.float32)],
+            hist=None,
+            exact=[np.zeros((h, 0), np.float32), np.zeros((h, 0), np.float32)],
         )
 
     @classmethod
@@ -185,8 +225,28 @@ class ScorePartials:
         threshold: float,
         num_bins: int = DEFAULT_NUM_BINS,
         exact_cap: int = DEFAULT_EXACT_CAP,
+        expected_total: int | None = None,
     ) -> ScorePartials:
-        """Statistics of one block: ``scores`` (n, H) similarities, ``is_a`` (n,) set flags."""
+        """Statistics of one block: ``scores`` (n, H) similarities, ``is_a`` (n,) set flags.
+
+        Any memory layout works; a transposed (H, n) C-contiguous array (``scores.T`` of the
+        product ``text @ images.T``) is the fastest, as every statistic is per hypothesis.
+
+        Scores are kept and binned as float32 (the score stage's dtype); moments use float64.
+        ``expected_total``, the image count of the whole ranking when the caller knows it,
+        lets a block past the cap keep histograms right away instead of exact scores that
+        the merge would drop.
+
+        Examples
+        --------
+        >>> scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8]])
+        >>> is_a = np.array([True, True, False, False])
+        >>> part = ScorePartials.from_scores(scores, is_a, threshold=0.5)
+        >>> part.count.tolist(), part.above.tolist()
+        ([2, 2], [[2, 0], [0, 2]])
+        >>> ScorePartials.from_scores(scores, is_a, threshold=0.5, exact_cap=3).exact is None
+        True
+        """
         scores = np.asarray(scores)
         is_a = np.asarray(is_a)
         if scores.ndim != 2 or scores.shape[1] < 1:
@@ -205,28 +265,32 @@ class ScorePartials:
         num_bins = _as_count(num_bins, "num_bins", minimum=1)
         exact_cap = _as_count(exact_cap, "exact_cap", minimum=0)
         threshold = _as_finite(threshold, "threshold")
+        keep_exact = scores.shape[0] <= exact_cap
+        if expected_total is not None:
+            keep_exact &= _as_count(expected_total, "expected_total", minimum=0) <= exact_cap
         h = scores.shape[1]
         count = np.zeros(2, np.int64)
         mean = np.zeros((2, h))
         m2 = np.zeros((2, h))
         above = np.zeros((2, h), np.int64)
-        hist = np.zeros((2, h, num_bins), np.int64)
-        per_set = [scores[is_a], scores[~is_a]]
-        for i, subset in enumerate(per_set):
-            n = subset.shape[0]
+        exact = []
+        by_hypothesis = scores.T  # (H, n); C-contiguous when scores came as (text @ images.T).T
+        for i, in_set in enumerate((is_a, ~is_a)):
+            picked = np.compress(in_set, by_hypothesis, axis=1)  # (H, n_set), C-contiguous
+            n = picked.shape[1]
             count[i] = n
+            exact.append(np.ascontiguousarray(picked, dtype=np.float32))
             if n == 0:
                 continue
-            values = subset.astype(np.float64)
-            mean[i] = values.mean(axis=0)
-            m2[i] = np.square(values - mean[i]).sum(axis=0)
-            above[i] = (values > threshold).sum(axis=0)
-            flat = _bin_index(values, num_bins) + np.arange(h, dtype=np.int64) * num_bins
-            hist[i] = np.bincount(flat.ravel(), minlength=h * num_bins).reshape(h, num_bins)
-        exact = None
-        if scores.shape[0] <= exact_cap:
-            exact = [np.ascontiguousarray(s, dtype=np.float32) for s in per_set]
-        return cls(threshold, num_bins, exact_cap, count, mean, m2, above, hist, exact)
+            centered = picked.astype(np.float64)  # moments from the input's own precision
+            mean[i] = centered.mean(axis=1)
+            above[i] = np.count_nonzero(centered > threshold, axis=1)
+            centered -= mean[i][:, None]
+            m2[i] = np.einsum("ij,ij->i", centered, centered)
+        if keep_exact:
+            return cls(threshold, num_bins, exact_cap, count, mean, m2, above, None, exact)
+        hist = _histograms(exact, num_bins)
+        return cls(threshold, num_bins, exact_cap, count, mean, m2, above, hist, None)
 
     def _check_compatible(self, other: ScorePartials) -> None:
         if not isinstance(other, ScorePartials):
@@ -241,7 +305,20 @@ class ScorePartials:
         return merge_all([self, other])
 
     def finalize(self, hypotheses: list[str]) -> list[HypothesisStats]:
-        """Per-hypothesis statistics, in the order of ``hypotheses`` (use ``rank_order``)."""
+        """Per-hypothesis statistics, in the order of ``hypotheses`` (use ``rank_order``).
+
+        Every statistic is computed for all hypotheses at once: exact AUROCs with one sort
+        per block of hypotheses, histogram AUROCs, Welch tests and correct_delta as arrays.
+
+        Examples
+        --------
+        >>> scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.9], [0.2, 0.8], [0.1, 0.3]])
+        >>> is_a = np.array([True, True, False, False, True])
+        >>> part = ScorePartials.from_scores(scores, is_a, threshold=0.5)
+        >>> dogs, cats = part.finalize(["dogs", "cats"])
+        >>> round(dogs.auroc, 4), dogs.auroc_exact, round(dogs.correct_delta, 4)
+        (0.6667, True, 0.6667)
+        """
         h = self.num_hypotheses
         if len(hypotheses) != h:
             raise ValueError(
@@ -251,42 +328,40 @@ class ScorePartials:
         for name, n in zip(_SETS, (n_a, n_b), strict=True):
             if n < 2:
                 raise ValueError(f"set {name} has {n} image(s); ranking needs at least 2 per set")
+        if self.exact is not None:
+            aucs, bounds = _auroc_rows(self.exact[0], self.exact[1]), np.zeros(h)
+        else:
+            aucs, bounds = auroc_from_histograms(self.hist[0], self.hist[1])
         var = self.m2 / (self.count[:, None] - 1)
-        results = []
-        for j, text in enumerate(hypotheses):
-            if self.exact is not None:
-                auc, bound = auroc(self.exact[0][:, j], self.exact[1][:, j]), 0.0
-            else:
-                auc, bound = auroc_from_histograms(self.hist[0, j], self.hist[1, j])
-            test = welch_t_from_moments(
-                n_a, self.mean[0, j], var[0, j], n_b, self.mean[1, j], var[1, j]
+        t_stat, p_value, _ = _welch(n_a, self.mean[0], var[0], n_b, self.mean[1], var[1])
+        delta = _correct_delta_from_counts(self.above[0], n_a, self.above[1], n_b)
+        diff = self.mean[0] - self.mean[1]
+        return [
+            HypothesisStats(
+                hypothesis=text,
+                auroc=aucs[j],
+                auroc_error_bound=bounds[j],
+                auroc_exact=self.exact is not None,
+                mean_a=self.mean[0, j],
+                mean_b=self.mean[1, j],
+                diff=diff[j],
+                t_stat=t_stat[j],
+                p_value=p_value[j],
+                correct_delta=delta[j],
+                n_a=n_a,
+                n_b=n_b,
             )
-            results.append(
-                HypothesisStats(
-                    hypothesis=text,
-                    auroc=auc,
-                    auroc_error_bound=bound,
-                    auroc_exact=self.exact is not None,
-                    mean_a=self.mean[0, j],
-                    mean_b=self.mean[1, j],
-                    diff=self.mean[0, j] - self.mean[1, j],
-                    t_stat=test.t_stat,
-                    p_value=test.p_value,
-                    correct_delta=self.above[0, j] / n_a - self.above[1, j] / n_b,
-                    n_a=n_a,
-                    n_b=n_b,
-                )
-            )
-        return results
+            for j, text in enumerate(hypotheses)
+        ]
 
     def to_row(self) -> dict[str, np.ndarray]:
         """One-row batch for Ray Data: every value is a numpy array with first dimension 1.
 
-        Exact matrices travel as raw C-order float32 bytes in object arrays (their shapes
-        follow from ``count`` and H); ``has_exact`` tells an empty set from a dropped one.
+        The exact matrices and the histograms travel as raw C-order bytes in object arrays
+        (their shapes follow from ``count``, H and ``num_bins``); ``has_exact`` says which of
+        the two a partial holds, and an empty placeholder stands in for the other.
         """
         has_exact = self.exact is not None
-        exact = self.exact if has_exact else [np.zeros((0, 0), np.float32)] * 2
         row = {
             "threshold": np.array([self.threshold], np.float64),
             "num_bins": np.array([self.num_bins], np.int64),
@@ -295,12 +370,13 @@ class ScorePartials:
             "mean": self.mean[None].copy(),
             "m2": self.m2[None].copy(),
             "above": self.above[None].copy(),
-            "hist": self.hist[None].copy(),
             "has_exact": np.array([has_exact]),
         }
-        for key, matrix in zip(("exact_a", "exact_b"), exact, strict=True):
+        exact = self.exact if has_exact else [np.zeros(0, np.float32)] * 2
+        hist = np.zeros(0, np.int64) if has_exact else self.hist
+        for key, array in (("exact_a", exact[0]), ("exact_b", exact[1]), ("hist", hist)):
             holder = np.empty(1, dtype=object)
-            holder[0] = np.ascontiguousarray(matrix, dtype=np.float32).tobytes()
+            holder[0] = np.ascontiguousarray(array).tobytes()
             row[key] = holder
         return row
 
@@ -311,13 +387,15 @@ class ScorePartials:
         exact_cap = _row_field(row, "exact_cap", 0).item()
         count = _row_field(row, "count", 1)
         mean = _row_field(row, "mean", 2)
-        exact = None
+        h = mean.shape[-1]
+        exact = hist = None
         if bool(_row_field(row, "has_exact", 0).item()):
-            h = mean.shape[-1]
-            exact = []
-            for i, key in enumerate(("exact_a", "exact_b")):
-                raw = _row_bytes(row, key)
-                exact.append(np.frombuffer(raw, dtype=np.float32).reshape(int(count[i]), h).copy())
+            exact = [
+                _from_bytes(row, key, np.float32, (h, int(count[i])))
+                for i, key in enumerate(("exact_a", "exact_b"))
+            ]
+        else:
+            hist = _from_bytes(row, "hist", np.int64, (2, h, int(scalars["num_bins"])))
         return cls(
             threshold=scalars["threshold"],
             num_bins=scalars["num_bins"],
@@ -326,7 +404,7 @@ class ScorePartials:
             mean=mean,
             m2=_row_field(row, "m2", 2),
             above=_row_field(row, "above", 2),
-            hist=_row_field(row, "hist", 3),
+            hist=hist,
             exact=exact,
         )
 
@@ -342,7 +420,10 @@ def _row_field(row: Mapping[str, Any], key: str, ndim: int) -> np.ndarray:
     return arr
 
 
-def _row_bytes(row: Mapping[str, Any], key: str) -> bytes:
+def _from_bytes(
+    row: Mapping[str, Any], key: str, dtype: type[np.generic], shape: tuple[int, ...]
+) -> np.ndarray:
+    """A writable array of ``shape`` from the raw bytes in ``row[key]``."""
     if key not in row:
         raise ValueError(f"row is missing {key!r}; was it made by ScorePartials.to_row?")
     value = row[key]
@@ -352,15 +433,30 @@ def _row_bytes(row: Mapping[str, Any], key: str) -> bytes:
         value = value.reshape(-1)[0]
     if not isinstance(value, bytes | bytearray | memoryview):
         raise ValueError(f"row[{key!r}] must be bytes, got {type(value).__name__}")
-    return bytes(value)
+    flat = np.frombuffer(value, dtype=dtype)
+    if flat.size != math.prod(shape):
+        raise ValueError(f"row[{key!r}] holds {flat.size} values, expected shape {shape}")
+    return flat.reshape(shape).copy()
 
 
 def merge_all(partials: Iterable[ScorePartials]) -> ScorePartials:
     """Merge any number of partials in one pass; the result does not depend on their order.
 
-    Moments are folded pairwise (Chan et al.), counts and histograms are summed in place, and
-    exact chunks are concatenated once at the end, so many tiny blocks cost O(total), not
-    O(total^2). Exact chunks are discarded as soon as the running total passes the cap.
+    Moments are folded pairwise (Chan et al.), counts are summed in place, and exact chunks
+    are concatenated once at the end, so many tiny blocks cost O(total), not O(total^2). As
+    soon as the running total passes the cap the exact chunks seen so far are turned into
+    histograms and dropped; from then on every partial adds its histograms.
+
+    Examples
+    --------
+    >>> scores = np.array([[0.9], [0.8], [0.1], [0.2]])
+    >>> is_a = np.array([True, False, True, False])
+    >>> halves = [ScorePartials.from_scores(scores[i:i + 2], is_a[i:i + 2], threshold=0.5)
+    ...           for i in (0, 2)]
+    >>> merged = merge_all(halves)
+    >>> whole = ScorePartials.from_scores(scores, is_a, threshold=0.5)
+    >>> merged.count.tolist(), merged.finalize(["h"])[0].auroc == whole.finalize(["h"])[0].auroc
+    ([2, 2], True)
     """
     iterator = iter(partials)
     first = next(iterator, None)
@@ -372,30 +468,30 @@ def merge_all(partials: Iterable[ScorePartials]) -> ScorePartials:
     mean = first.mean.copy()
     m2 = first.m2.copy()
     above = first.above.copy()
-    hist = first.hist.copy()
-    chunks: list[list[np.ndarray]] | None = (
-        None if first.exact is None else [[first.exact[0]], [first.exact[1]]]
-    )
-    for other in iterator:
-        first._check_compatible(other)
-        n_self, n_other = count[:, None], other.count[:, None]
-        total = n_self + n_other
-        safe_total = np.maximum(total, 1)
-        delta = other.mean - mean
-        mean = mean + delta * (n_other / safe_total)
-        m2 = m2 + other.m2 + np.square(delta) * (n_self * n_other / safe_total)
-        count += other.count
-        above += other.above
-        hist += other.hist
-        if chunks is not None:
-            if other.exact is None or int(count.sum()) > first.exact_cap:
-                chunks = None
-            else:
-                chunks[0].append(other.exact[0])
-                chunks[1].append(other.exact[1])
-    exact = None
-    if chunks is not None and int(count.sum()) <= first.exact_cap:
-        exact = [np.concatenate(c, axis=0) for c in chunks]
+    chunks: list[list[np.ndarray]] | None = [[], []]
+    hist: np.ndarray | None = None
+    for part in itertools.chain([first], iterator):
+        if part is not first:
+            first._check_compatible(part)
+            n_self, n_other = count[:, None], part.count[:, None]
+            total = n_self + n_other
+            safe_total = np.maximum(total, 1)
+            delta = part.mean - mean
+            mean = mean + delta * (n_other / safe_total)
+            m2 = m2 + part.m2 + np.square(delta) * (n_self * n_other / safe_total)
+            count += part.count
+            above += part.above
+        if chunks is not None and (part.exact is None or int(count.sum()) > first.exact_cap):
+            hist = np.zeros((2, first.num_hypotheses, first.num_bins), np.int64)
+            for chunk_a, chunk_b in zip(*chunks, strict=True):
+                hist += _histograms([chunk_a, chunk_b], first.num_bins)
+            chunks = None
+        if chunks is None:
+            hist += part.histograms()
+        else:
+            chunks[0].append(part.exact[0])
+            chunks[1].append(part.exact[1])
+    exact = None if chunks is None else [np.concatenate(c, axis=1) for c in chunks]
     return ScorePartials(
         first.threshold, first.num_bins, first.exact_cap, count, mean, m2, above, hist, exact
     )

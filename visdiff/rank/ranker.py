@@ -3,6 +3,7 @@ hypotheses, score each block where its embeddings are and merge the partial stat
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 from visdiff import schema
 from visdiff.config import ClipConfig, RankConfig
 from visdiff.rank.partials import HypothesisStats, ScorePartials, rank_order
+from visdiff.stages.embed import CALLER_NUM_CPUS, ClipActors
 
 log = logging.getLogger(__name__)
 
@@ -28,41 +30,68 @@ class EmbeddedImages:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-SCORE_BATCH_ROWS = 8192  # rows scored per task: fewer, fuller partials than one per small block
+# Rows scored per task: fewer, fuller partials than one per small block. At 8192 the scheduling
+# of ~25 short tasks per 2*10^5 images cost more than their work; 32768 keeps a task at ~0.1 s
+# and its partial at ~13 MB (exact scores, H=100) or 3.3 MB (histograms, 2048 bins).
+SCORE_BATCH_ROWS = 32768
 
 
-def _actor_pool(size: int) -> Any:
+def _actor_pool(size: int, concurrent_calls: int = 1) -> Any:
     from ray.data import ActorPoolStrategy
 
-    return ActorPoolStrategy(size=size)
+    if concurrent_calls <= 1:
+        return ActorPoolStrategy(size=size)
+    return ActorPoolStrategy(
+        size=size, max_concurrent_calls_per_actor=concurrent_calls, enable_true_multi_threading=True
+    )
 
 
 def embed_images(
-    images: Any, clip_cfg: ClipConfig, *, cache_root: str | None = None
+    images: Any,
+    clip_cfg: ClipConfig,
+    *,
+    cache_root: str | None = None,
+    actors: ClipActors | None = None,
 ) -> EmbeddedImages:
-    """Decode + preprocess (and cache lookup) in one actor pool, the CLIP forward pass in
-    another; failed rows are kept and carry their error so that nothing is silently dropped.
-    `images` is a Ray Dataset of image rows (see visdiff.sources.datasets)."""
-    from visdiff.stages.embed import ClipImageEmbedder, ClipPreprocessor
+    """Every image row through the run's CLIP model actors (`actors`; without them, actors are
+    started for this call and stopped after it). CPU-only actors decode + preprocess (and look up
+    the cache) themselves; with GPUs a CPU actor pool decodes and sends uint8 pixels. Failed rows
+    are kept and carry their error so that nothing is silently dropped. `images` is a Ray
+    Dataset of image rows (see visdiff.sources.datasets)."""
+    from visdiff.stages.embed import ClipActorCaller, ClipPreprocessor, clip_model_actors
 
-    ds = images.map_batches(
-        ClipPreprocessor,
-        fn_constructor_kwargs={"clip_cfg": clip_cfg, "cache_root": cache_root},
-        compute=_actor_pool(clip_cfg.num_decoders),
-        batch_size=clip_cfg.batch_size,
-        num_cpus=0.5,
-    )
+    if actors is None:
+        with clip_model_actors(clip_cfg, cache_root, load_model=False) as own:
+            return embed_images(images, clip_cfg, cache_root=cache_root, actors=own)
+    ds = images
+    if not actors.fused:
+        ds = ds.map_batches(
+            ClipPreprocessor,
+            fn_constructor_kwargs={"clip_cfg": clip_cfg, "cache_root": cache_root},
+            compute=_actor_pool(clip_cfg.num_decoders),
+            batch_size=clip_cfg.batch_size,
+            num_cpus=0.5,
+        )
+    # A light stage that hands each batch to a model actor: two calls in flight per model actor,
+    # so the next batch is queued there while one is computed.
     ds = ds.map_batches(
-        ClipImageEmbedder,
-        fn_constructor_kwargs={"clip_cfg": clip_cfg, "cache_root": cache_root},
-        compute=_actor_pool(clip_cfg.num_actors),
+        ClipActorCaller,
+        fn_constructor_kwargs={
+            "actors": actors.handles,
+            "method": "embed_rows" if actors.fused else "embed_pixels",
+        },
+        compute=_actor_pool(1, concurrent_calls=2 * len(actors.handles)),
         batch_size=clip_cfg.batch_size,
-        num_cpus=clip_cfg.num_cpus,
-        num_gpus=clip_cfg.num_gpus or None,
+        num_cpus=CALLER_NUM_CPUS,
     )
-    materialized = ds.select_columns(
-        [schema.ID, schema.SET, schema.URI, schema.ERROR, schema.EMBEDDING, schema.FROM_CACHE]
-    ).materialize()
+    from visdiff.progress import materialize_with_progress  # counts rows as blocks stream in
+
+    materialized = materialize_with_progress(
+        ds.select_columns(
+            [schema.ID, schema.SET, schema.URI, schema.ERROR, schema.EMBEDDING, schema.FROM_CACHE]
+        ),
+        "decode+embed",
+    )
     return _summarise(materialized)
 
 
@@ -84,25 +113,20 @@ def _summarise(ds: Any) -> EmbeddedImages:
     )
 
 
-def embed_texts(texts: list[str], clip_cfg: ClipConfig) -> np.ndarray:
-    """Text embeddings run in a Ray actor too: the driver may be a small CPU head node."""
-    import ray.data
+def embed_texts(
+    texts: list[str], clip_cfg: ClipConfig, *, actors: ClipActors | None = None
+) -> np.ndarray:
+    """Text embeddings by a CLIP model actor too (the driver may be a small CPU head node): the
+    run's `actors`, whose model is already loaded, else one started for this call."""
+    from visdiff.stages.embed import start_clip_actors
 
-    from visdiff.stages.embed import ClipTextEmbedder
-
-    ds = ray.data.from_items([{"text": t} for t in texts], override_num_blocks=1)
-    ds = ds.map_batches(
-        ClipTextEmbedder,
-        fn_constructor_kwargs={"clip_cfg": clip_cfg},
-        compute=_actor_pool(1),
-        batch_size=max(1, clip_cfg.batch_size),
-        num_cpus=clip_cfg.num_cpus,
-        num_gpus=clip_cfg.num_gpus or None,
-    )
-    by_text = {
-        row["text"]: np.asarray(row[schema.EMBEDDING], dtype=np.float32) for row in ds.take_all()
-    }
-    return np.stack([by_text[t] for t in texts])
+    if actors is not None:
+        return actors.embed_texts(texts)
+    own = start_clip_actors(dataclasses.replace(clip_cfg, num_actors=1))
+    try:
+        return own.embed_texts(texts)
+    finally:
+        own.stop()
 
 
 def score_hypotheses(
@@ -121,9 +145,16 @@ def score_hypotheses(
         "num_bins": rank_cfg.histogram_bins,
         "exact_cap": rank_cfg.exact_cap,
     }
+    # Images that will be scored (failed rows are skipped): past the cap, blocks keep
+    # histograms from the start instead of shipping exact scores the merge would drop.
+    expected_total = max(0, embedded.num_rows - len(embedded.skipped))
     partial_rows = embedded.dataset.map_batches(
         score_block,
-        fn_kwargs={"text_embeddings": np.asarray(text_embeddings, np.float32), **options},
+        fn_kwargs={
+            "text_embeddings": np.asarray(text_embeddings, np.float32),
+            "expected_total": expected_total,
+            **options,
+        },
         batch_size=SCORE_BATCH_ROWS,
         num_cpus=0.5,
     )

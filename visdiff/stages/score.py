@@ -16,17 +16,31 @@ def score_block(
     threshold: float,
     num_bins: int,
     exact_cap: int,
+    expected_total: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """A batch of embedded images -> a one-row batch holding its ScorePartials."""
-    ok = np.asarray([err == "" for err in batch[schema.ERROR]], dtype=bool)
+    """A batch of embedded images -> a one-row batch holding its ScorePartials.
+
+    ``expected_total`` (images of the whole ranking) lets the block skip exact scores that
+    the merge would drop anyway; see ``ScorePartials.from_scores``."""
+    ok = np.asarray(batch[schema.ERROR], dtype=object) == ""
     options = {"threshold": threshold, "num_bins": num_bins, "exact_cap": exact_cap}
     if not ok.any():
         return ScorePartials.empty(text_embeddings.shape[0], **options).to_row()
-    rows = batch[schema.EMBEDDING][ok]
-    embeddings = np.stack([np.asarray(e, dtype=np.float32) for e in rows])
-    scores = embeddings @ np.asarray(text_embeddings, dtype=np.float32).T
+    text = np.asarray(text_embeddings, dtype=np.float32)
+    # (n, H) view of a hypothesis-major product: from_scores reads one row per hypothesis.
+    scores = (text @ _embeddings(batch[schema.EMBEDDING], ok).T).T
     is_a = np.asarray(batch[schema.SET])[ok] == schema.SET_A
-    return ScorePartials.from_scores(scores, is_a, **options).to_row()
+    return ScorePartials.from_scores(
+        scores, is_a, expected_total=expected_total, **options
+    ).to_row()
+
+
+def _embeddings(column: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """(n_ok, D) float32: one copy when Ray hands a 2-D tensor column, else row by row (a
+    ragged object column, e.g. when some failed rows carry no vector)."""
+    if isinstance(column, np.ndarray) and column.ndim == 2:
+        return np.asarray(column[ok], dtype=np.float32)
+    return np.stack([np.asarray(e, dtype=np.float32) for e in column[ok]])
 
 
 def error_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
