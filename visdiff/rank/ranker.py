@@ -118,15 +118,12 @@ def embed_texts(
 ) -> np.ndarray:
     """Text embeddings by a CLIP model actor too (the driver may be a small CPU head node): the
     run's `actors`, whose model is already loaded, else one started for this call."""
-    from visdiff.stages.embed import start_clip_actors
+    from visdiff.stages.embed import clip_model_actors
 
     if actors is not None:
         return actors.embed_texts(texts)
-    own = start_clip_actors(dataclasses.replace(clip_cfg, num_actors=1))
-    try:
+    with clip_model_actors(dataclasses.replace(clip_cfg, num_actors=1)) as own:
         return own.embed_texts(texts)
-    finally:
-        own.stop()
 
 
 def score_hypotheses(
