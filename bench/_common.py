@@ -240,7 +240,7 @@ def local_ray(
     """
     import ray
 
-    from visdiff.runtime import local_cpu_slots
+    from visdiff.pipeline.runtime import local_cpu_slots
 
     slots = num_cpus or local_cpu_slots()
     env = {

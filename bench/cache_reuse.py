@@ -43,7 +43,7 @@ def main() -> None:
     args = parse_args()
     _common.setup_paths()
     from visdiff.config import load_config
-    from visdiff.pipeline import describe
+    from visdiff.pipeline.describe import describe
 
     n = args.n or (300 if args.quick else 1000)
     arch = args.arch or ("ViT-S-32" if args.quick else "ViT-B-32")

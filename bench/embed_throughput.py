@@ -1,6 +1,6 @@
 """Images/s of the Ray Data embedding stage vs the bare CLIP forward pass on the same machine.
 
-Pipeline: `visdiff.rank.ranker.embed_images` over `records_dataset` of generated JPEG files
+Pipeline: `visdiff.pipeline.graph.embed_images` over `records_dataset` of generated JPEG files
 (read, decode, preprocess, cache-less embed, materialise) through CLIP model actors started once,
 as a describe run starts them (their start-up is reported: `pipeline_actor_startup_s`). Two bare
 baselines in this process, same batch size and torch thread count: `forward` = `load_clip` +
@@ -89,7 +89,7 @@ def bare_serial_seconds(bundle, transform, records: list, batch_size: int) -> fl
 
 
 def pipeline_run(records: list, clip_cfg, actors) -> tuple[float, object]:
-    from visdiff.rank.ranker import embed_images
+    from visdiff.pipeline.graph import embed_images
     from visdiff.sources.datasets import records_dataset
 
     started = time.perf_counter()

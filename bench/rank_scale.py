@@ -90,7 +90,7 @@ def synthetic_embeddings(
 def embedded_images(n_per_set: int, dim: int, rows_per_block: int, seed: int):
     import ray.data
 
-    from visdiff.rank.ranker import EmbeddedImages
+    from visdiff.pipeline.graph import EmbeddedImages
 
     total = 2 * n_per_set
     ds = ray.data.range(total, override_num_blocks=max(2, math.ceil(total / rows_per_block)))
@@ -158,7 +158,7 @@ def run_single(args: argparse.Namespace) -> None:
     import numpy as np
 
     from visdiff.config import RankConfig
-    from visdiff.rank.ranker import score_hypotheses
+    from visdiff.pipeline.graph import score_hypotheses
 
     n = int(args.single)
     rank_cfg = RankConfig()

@@ -62,7 +62,7 @@ def shard_pattern(folder: Path, count: int) -> str:
 def run_single(args: argparse.Namespace) -> None:
     """One describe run over `args.single` images; prints its figures as the last line."""
     from visdiff.config import load_config
-    from visdiff.pipeline import describe
+    from visdiff.pipeline.describe import describe
 
     n = int(args.single)
     root = Path(args.shards_root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from visdiff.progress import (
+from visdiff.pipeline.progress import (
     Expected,
     ProgressReporter,
     RecentRate,

@@ -13,7 +13,7 @@ from visdiff.propose.prompts import (
     list_prompts,
     single_line,
 )
-from visdiff.propose.sampling import sample_for_round, stable_fraction
+from visdiff.sampling import sample_for_round, stable_fraction
 
 CAPTIONS_A = ["a woman doing a handstand on a mountain", "yoga at sunset {by the sea}"]
 CAPTIONS_B = ["a man meditating in a quiet room", "monks sitting cross-legged"]

@@ -36,9 +36,9 @@ def _names(uri: str) -> set[str]:
 
 
 def _read(uri: str, name: str) -> str:
-    from visdiff.sources import filesystem
+    from visdiff.io import storage
 
-    return filesystem.read_bytes(f"{uri}/{name}").decode()
+    return storage.read_bytes(f"{uri}/{name}").decode()
 
 
 def _earlier_run(uri: str) -> None:

@@ -16,8 +16,8 @@ from PIL import Image
 
 from visdiff.config import DataConfig
 from visdiff.errors import InputError
+from visdiff.io import storage
 from visdiff.schema import CAPTION, ERROR, ID, IMAGE_BYTES, URI
-from visdiff.sources import filesystem
 from visdiff.sources.decode import decode_image, read_and_decode
 from visdiff.sources.records import load_image_sets
 from visdiff.sources.shards import (
@@ -122,9 +122,9 @@ def test_folder_prefixes_on_s3(bucket: str) -> None:
 
 
 def test_read_bytes_on_s3(bucket: str) -> None:
-    assert filesystem.read_bytes(f"s3://{bucket}/a/notes.txt") == b"not an image"
+    assert storage.read_bytes(f"s3://{bucket}/a/notes.txt") == b"not an image"
     with pytest.raises(OSError):
-        filesystem.read_bytes(f"s3://{bucket}/a/missing.jpg")
+        storage.read_bytes(f"s3://{bucket}/a/missing.jpg")
 
 
 def test_resolve_shards_on_s3(bucket: str) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from visdiff.config import DataConfig
 from visdiff.errors import InputError
-from visdiff.sources import filesystem
+from visdiff.io import storage
 from visdiff.sources.records import ImageRecord, ImageSets, load_image_sets
 
 YOGA = "People practicing yoga in a mountainous setting"
@@ -320,19 +320,19 @@ def test_no_input_is_an_error():
 def test_filesystem_local(tmp_path: Path):
     make_image(tmp_path / "d" / "e" / "1.png")
     (tmp_path / "d" / "2.bin").write_bytes(b"\x00\x01\x02")
-    assert filesystem.read_bytes(str(tmp_path / "d" / "2.bin")) == b"\x00\x01\x02"
-    assert filesystem.read_bytes("file://" + str(tmp_path / "d" / "2.bin")) == b"\x00\x01\x02"
-    assert filesystem.exists(str(tmp_path / "d")) and filesystem.is_dir(str(tmp_path / "d"))
-    assert not filesystem.is_dir(str(tmp_path / "d" / "2.bin"))
-    assert not filesystem.exists(str(tmp_path / "nothing"))
-    assert filesystem.list_files(str(tmp_path / "d")) == [
+    assert storage.read_bytes(str(tmp_path / "d" / "2.bin")) == b"\x00\x01\x02"
+    assert storage.read_bytes("file://" + str(tmp_path / "d" / "2.bin")) == b"\x00\x01\x02"
+    assert storage.exists(str(tmp_path / "d")) and storage.is_dir(str(tmp_path / "d"))
+    assert not storage.is_dir(str(tmp_path / "d" / "2.bin"))
+    assert not storage.exists(str(tmp_path / "nothing"))
+    assert storage.list_files(str(tmp_path / "d")) == [
         str(tmp_path / "d" / "2.bin"),
         str(tmp_path / "d" / "e" / "1.png"),
     ]
-    assert filesystem.list_files(str(tmp_path / "d"), recursive=False) == [
+    assert storage.list_files(str(tmp_path / "d"), recursive=False) == [
         str(tmp_path / "d" / "2.bin")
     ]
     with pytest.raises(FileNotFoundError):
-        filesystem.read_bytes(str(tmp_path / "nothing"))
-    assert filesystem.is_remote("s3://bucket/key") and not filesystem.is_remote("/a/b")
-    assert not filesystem.is_remote("file:///a/b") and not filesystem.is_remote("rel/x.jpg")
+        storage.read_bytes(str(tmp_path / "nothing"))
+    assert storage.is_remote("s3://bucket/key") and not storage.is_remote("/a/b")
+    assert not storage.is_remote("file:///a/b") and not storage.is_remote("rel/x.jpg")

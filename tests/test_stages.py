@@ -189,7 +189,7 @@ def test_run_actors_embed_images_then_texts_with_one_model_load(
     clip_cfg = ClipConfig(batch_size=4, decode=decode)
     import pandas as pd
 
-    from visdiff.rank.ranker import embed_images, embed_texts
+    from visdiff.pipeline.graph import embed_images, embed_texts
 
     rows = pd.DataFrame({key: list(values) for key, values in batch.items()})
     images = ray_session.data.from_pandas(rows).repartition(3)

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from tests.openai_standin import serve_standin
 from visdiff.config import RankConfig, load_config
-from visdiff.pipeline import describe
+from visdiff.pipeline.describe import describe
 
 pytestmark = pytest.mark.e2e
 ANSWER = "* people doing yoga poses\n* people meditating\n* mountains at sunset\n* snow"
@@ -148,7 +148,7 @@ def _synthetic_embedded(n_a: int, n_b: int, dim: int, num_blocks: int, seed: int
     import ray.data
 
     from visdiff import schema
-    from visdiff.rank.ranker import EmbeddedImages
+    from visdiff.pipeline.graph import EmbeddedImages
 
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(n_a + n_b, dim)).astype(np.float32)
@@ -173,7 +173,7 @@ def _synthetic_embedded(n_a: int, n_b: int, dim: int, num_blocks: int, seed: int
 
 @pytest.mark.parametrize("num_blocks", [1, 7, 40])
 def test_distributed_ranking_equals_single_process_reference(ray_session, num_blocks):
-    from visdiff.rank.ranker import score_hypotheses
+    from visdiff.pipeline.graph import score_hypotheses
 
     n_a, n_b, dim, h = 300, 250, 16, 6
     embedded, emb, sets = _synthetic_embedded(n_a, n_b, dim, num_blocks)
@@ -195,7 +195,7 @@ def test_distributed_ranking_equals_single_process_reference(ray_session, num_bl
 
 
 def test_histogram_ranking_is_within_bound_and_split_independent(ray_session):
-    from visdiff.rank.ranker import score_hypotheses
+    from visdiff.pipeline.graph import score_hypotheses
 
     n_a, n_b, dim, h = 400, 400, 16, 5
     rng = np.random.default_rng(2)

@@ -150,8 +150,8 @@ def _print_summary(result, top_n: int) -> None:
 
 
 def run_describe(config: DescribeConfig, *, verbose: bool = False) -> int:
-    from visdiff.pipeline import describe
-    from visdiff.progress import quiet_ray_data
+    from visdiff.pipeline.describe import describe
+    from visdiff.pipeline.progress import quiet_ray_data
 
     quiet_ray_data(verbose)
     result = describe(config, progress=log.info)
@@ -160,8 +160,8 @@ def run_describe(config: DescribeConfig, *, verbose: bool = False) -> int:
 
 
 def run_embed(config: DescribeConfig, *, verbose: bool = False) -> int:
-    from visdiff.pipeline import embed
-    from visdiff.progress import quiet_ray_data
+    from visdiff.pipeline.describe import embed
+    from visdiff.pipeline.progress import quiet_ray_data
 
     if not config.cache.root:
         raise ConfigError("visdiff embed needs cache.root (a local folder or s3:// prefix)")

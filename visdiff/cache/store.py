@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visdiff.sources.filesystem import is_remote, local_path, remote_filesystem
+from visdiff.io.storage import is_remote, local_path, remote_filesystem
 
 logger = logging.getLogger(__name__)
 

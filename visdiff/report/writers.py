@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visdiff.errors import ConfigError, InputError, VisdiffError
+from visdiff.io import storage
 from visdiff.schema import RANKED_COLUMNS, RUN_FILES
-from visdiff.sources import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,12 @@ class RunFolder:
         return f"{self.uri}/{name}"
 
     def display(self) -> str:
-        if filesystem.is_remote(self.uri):
+        if storage.is_remote(self.uri):
             return self.uri
-        return os.path.abspath(filesystem.local_path(self.uri))
+        return os.path.abspath(storage.local_path(self.uri))
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        filesystem.write_bytes(self.path(name), data)
+        storage.write_bytes(self.path(name), data)
         if name not in self.written:
             self.written.append(name)
 
@@ -91,16 +91,16 @@ class RunFolder:
     def entries(self) -> list[str]:
         """Names directly inside the folder; [] when it does not exist yet."""
         try:
-            if filesystem.is_remote(self.uri):
+            if storage.is_remote(self.uri):
                 from pyarrow import fs as pafs
 
-                fs, root = filesystem.remote_filesystem(self.uri)
+                fs, root = storage.remote_filesystem(self.uri)
                 info = fs.get_file_info(root)
                 if info.type == pafs.FileType.File:
                     raise self._is_a_file()
                 selector = pafs.FileSelector(root, allow_not_found=True)
                 return sorted(i.base_name for i in fs.get_file_info(selector))
-            local = filesystem.local_path(self.uri)
+            local = storage.local_path(self.uri)
             if os.path.exists(local) and not os.path.isdir(local):
                 raise self._is_a_file()
             return sorted(os.listdir(local)) if os.path.isdir(local) else []
@@ -133,19 +133,19 @@ class RunFolder:
         try:
             for name in sorted(present & set(own_files), key=lambda n: n != STATUS):
                 self._delete(name)
-            if not filesystem.is_remote(self.uri):
-                os.makedirs(filesystem.local_path(self.uri), exist_ok=True)
+            if not storage.is_remote(self.uri):
+                os.makedirs(storage.local_path(self.uri), exist_ok=True)
         except OSError as exc:
             raise InputError(
                 f"output_dir '{self.uri}' cannot be cleared or created: {one_line(exc)}"
             ) from None
 
     def _delete(self, name: str) -> None:
-        if filesystem.is_remote(self.uri):
-            fs, path = filesystem.remote_filesystem(self.path(name))
+        if storage.is_remote(self.uri):
+            fs, path = storage.remote_filesystem(self.path(name))
             fs.delete_file(path)
         else:
-            os.remove(filesystem.local_path(self.path(name)))
+            os.remove(storage.local_path(self.path(name)))
 
     @contextmanager
     def recording_status(self) -> Iterator[None]:

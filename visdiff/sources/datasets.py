@@ -8,7 +8,7 @@ from typing import Any
 
 from visdiff import schema
 from visdiff.config import DataConfig
-from visdiff.propose.sampling import stable_fraction
+from visdiff.sampling import stable_fraction
 from visdiff.sources.plan import SetPlan
 from visdiff.sources.records import ImageRecord
 

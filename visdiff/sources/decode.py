@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from visdiff.sources import filesystem
+from visdiff.io import storage
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
 MIN_SIDE = 2
@@ -153,7 +153,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 def read_and_decode(uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read a local path or URI and decode it; read failures give reason "read_error"."""
     try:
-        data = filesystem.read_bytes(uri)
+        data = storage.read_bytes(uri)
     except (OSError, ValueError) as exc:  # ValueError covers pyarrow's ArrowInvalid
         raise ImageDecodeError("read_error", f"{uri}: {_first_line(exc)}") from None
     return decode_image(data, max_pixels=max_pixels)

@@ -12,8 +12,8 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from visdiff.errors import InputError
+from visdiff.io import storage
 from visdiff.schema import SET_A, SET_B
-from visdiff.sources import filesystem
 from visdiff.sources.records import ImageRecord, ImageSets, one_line, register_reader
 
 if TYPE_CHECKING:
@@ -27,33 +27,33 @@ def is_image_name(name: str) -> bool:
 
 
 def _relative(path: str, root: str) -> str:
-    if filesystem.is_remote(root):
+    if storage.is_remote(root):
         return path[len(root.rstrip("/")) + 1 :]
     return os.path.relpath(path, root).replace(os.sep, "/")
 
 
 def folder_name(folder: str) -> str:
     """The folder's own name ("images" for /data/images/), used as the set's display name."""
-    if filesystem.is_remote(folder):
+    if storage.is_remote(folder):
         return posixpath.basename(folder.rstrip("/")) or folder
-    path = os.path.abspath(filesystem.local_path(folder))
+    path = os.path.abspath(storage.local_path(folder))
     return os.path.basename(path) or path
 
 
 def list_folder(folder: str, set_name: str, key: str) -> list[ImageRecord]:
     """Records for the image files under `folder`; InputError naming `key` when unusable."""
-    if not filesystem.exists(folder):
+    if not storage.exists(folder):
         raise InputError(f"{key} folder '{folder}' does not exist; pass an existing image folder")
-    if not filesystem.is_dir(folder):
+    if not storage.is_dir(folder):
         raise InputError(
             f"{key} '{folder}' is a file, not a folder; pass the folder holding the images "
             "(or list files in data.manifest)"
         )
     # Absolute local paths: Ray workers may run in another working directory.
-    remote = filesystem.is_remote(folder)
-    root = folder if remote else os.path.abspath(filesystem.local_path(folder))
+    remote = storage.is_remote(folder)
+    root = folder if remote else os.path.abspath(storage.local_path(folder))
     try:
-        paths = filesystem.list_files(root, recursive=True)
+        paths = storage.list_files(root, recursive=True)
     except OSError as exc:
         raise InputError(f"{key} folder '{folder}' cannot be listed: {one_line(exc)}") from None
     records = []

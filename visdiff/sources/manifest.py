@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from visdiff.errors import InputError
+from visdiff.io import storage
 from visdiff.schema import SET_A, SET_B
-from visdiff.sources import filesystem
 from visdiff.sources.records import ImageRecord, ImageSets, one_line, register_reader
 
 if TYPE_CHECKING:
@@ -89,18 +89,18 @@ def read_manifest_table(manifest: str) -> pd.DataFrame:
             f"data.manifest '{manifest}': unsupported extension '{ext or '(none)'}'; "
             f"use one of {supported} (.json/.jsonl: one JSON object per line)"
         )
-    if not filesystem.exists(manifest):
+    if not storage.exists(manifest):
         raise InputError(
             f"data.manifest '{manifest}' not found; pass the path of an existing manifest file"
         )
-    if filesystem.is_dir(manifest):
+    if storage.is_dir(manifest):
         raise InputError(
             f"data.manifest '{manifest}' is a folder; pass the manifest file, or use "
             "data.set_a/data.set_b for two image folders"
         )
     format_name, reader = FORMATS[ext]
     try:
-        table = reader(filesystem.read_bytes(manifest))
+        table = reader(storage.read_bytes(manifest))
     except Exception as exc:  # parsers raise many types (ParserError, ArrowInvalid, ...)
         raise InputError(
             f"data.manifest '{manifest}' could not be read as {format_name}: {one_line(exc)}; "
@@ -134,14 +134,14 @@ def _group_error(manifest: str, key: str, group: str, available: list[str]) -> I
 
 
 def _base_folder(manifest: str) -> str:
-    if filesystem.is_remote(manifest):
+    if storage.is_remote(manifest):
         return posixpath.dirname(manifest)
-    return os.path.dirname(os.path.abspath(filesystem.local_path(manifest)))
+    return os.path.dirname(os.path.abspath(storage.local_path(manifest)))
 
 
 def _resolve(path: str, base: str, remote_base: bool) -> tuple[str, str]:
     """(uri, path relative to the manifest folder or the URI without scheme) for a row."""
-    if filesystem.is_remote(path):
+    if storage.is_remote(path):
         prefix = base.rstrip("/") + "/"
         if remote_base and path.startswith(prefix):
             return path, posixpath.normpath(path[len(prefix) :])
@@ -149,7 +149,7 @@ def _resolve(path: str, base: str, remote_base: bool) -> tuple[str, str]:
     if remote_base:  # relative row in a remote manifest: same bucket, same folder
         rel = posixpath.normpath(path)
         return f"{base.rstrip('/')}/{rel}", rel
-    local = filesystem.local_path(path)
+    local = storage.local_path(path)
     if os.path.isabs(local):
         uri = os.path.normpath(local)
         rel = os.path.relpath(uri, base)
@@ -163,7 +163,7 @@ def _resolve(path: str, base: str, remote_base: bool) -> tuple[str, str]:
 
 def _file_problem(uri: str) -> str | None:
     """Why a local row cannot be used (one stat), or None. Remote rows are checked at read."""
-    if filesystem.is_remote(uri):
+    if storage.is_remote(uri):
         return None
     try:
         st = os.stat(uri)
@@ -185,7 +185,7 @@ def _records_for_group(
     skipped: list[dict[str, Any]],
 ) -> list[ImageRecord]:
     base = _base_folder(manifest)
-    remote_base = filesystem.is_remote(manifest)
+    remote_base = storage.is_remote(manifest)
     rows = table[table[GROUP].map(_text) == group]
     captions = rows[CAPTION] if CAPTION in rows.columns else [""] * len(rows)
     records: list[ImageRecord] = []

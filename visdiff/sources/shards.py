@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from visdiff.errors import InputError
+from visdiff.io import storage
 from visdiff.schema import CAPTION, ERROR, ID, IMAGE_BYTES, SET, URI
-from visdiff.sources import filesystem
 from visdiff.sources.braces import expand_braces, has_braces
 from visdiff.sources.records import one_line
 
@@ -74,9 +74,9 @@ def _is_glob(pattern: str) -> bool:
 
 def _normalise(uri: str) -> str:
     """Remote URIs as given; local paths absolute (Ray workers may run elsewhere)."""
-    if filesystem.is_remote(uri):
+    if storage.is_remote(uri):
         return uri
-    return os.path.abspath(filesystem.local_path(uri))
+    return os.path.abspath(storage.local_path(uri))
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -123,18 +123,18 @@ def _glob(pattern: str, spec_text: str) -> list[str]:
     first = min(pattern.index(c) for c in GLOB_CHARS if c in pattern)
     cut = pattern.rfind("/", 0, first) + 1
     prefix, rest = pattern[:cut], pattern[cut:]
-    if filesystem.is_remote(pattern) and prefix.count("/") < 3:  # "s3://bucket*/..."
+    if storage.is_remote(pattern) and prefix.count("/") < 3:  # "s3://bucket*/..."
         raise InputError(
             f"shard spec '{spec_text}': glob '{pattern}' has a wildcard in the bucket name; "
             "name the bucket literally"
         )
     recursive = "/" in rest or "**" in rest
-    if filesystem.is_remote(pattern):
+    if storage.is_remote(pattern):
         root = prefix.rstrip("/")
     else:
-        root = os.path.abspath(filesystem.local_path(prefix) or ".")
+        root = os.path.abspath(storage.local_path(prefix) or ".")
     try:
-        paths = filesystem.list_files(root, recursive=recursive)
+        paths = storage.list_files(root, recursive=recursive)
     except (OSError, ValueError) as exc:
         raise InputError(
             f"shard spec '{spec_text}': folder '{prefix or '.'}' of glob '{pattern}' cannot be "
@@ -142,7 +142,7 @@ def _glob(pattern: str, spec_text: str) -> list[str]:
         ) from None
     matcher = _glob_regex(rest)
     base = root.rstrip("/") + "/"
-    if not filesystem.is_remote(pattern):
+    if not storage.is_remote(pattern):
         base = root.rstrip(os.sep) + os.sep
     found = []
     for path in paths:
@@ -156,7 +156,7 @@ def _glob(pattern: str, spec_text: str) -> list[str]:
 def _file_problem(uri: str) -> str | None:
     """None for an existing file, else why not (one HEAD request for remote URIs)."""
     try:
-        return None if filesystem.is_file(uri) else "not found"
+        return None if storage.is_file(uri) else "not found"
     except (OSError, ValueError) as exc:
         return one_line(exc)
 
@@ -190,9 +190,9 @@ def shard_format(uri: str) -> str:
 
 def shard_name(uri: str) -> str:
     """The shard's file name ("00042.tar"): the middle part of every row id."""
-    if filesystem.is_remote(uri):
+    if storage.is_remote(uri):
         return posixpath.basename(uri.rstrip("/"))
-    return os.path.basename(filesystem.local_path(uri))
+    return os.path.basename(storage.local_path(uri))
 
 
 def _check_formats(uris: list[str], spec_text: str) -> None:
@@ -277,13 +277,13 @@ def _shard_error(uri: str, set_name: str, error: str) -> dict[str, Any]:
 
 def _remote_filesystem(uri: str) -> tuple[Any, str]:
     # The filesystem layer caches one S3 client per bucket; reuse it rather than a second cache.
-    return filesystem.remote_filesystem(uri)
+    return storage.remote_filesystem(uri)
 
 
 def _open_stream(uri: str) -> BinaryIO:
     """A sequential, buffered byte stream (local file or remote object)."""
-    if not filesystem.is_remote(uri):
-        return open(filesystem.local_path(uri), "rb")  # the caller closes it
+    if not storage.is_remote(uri):
+        return open(storage.local_path(uri), "rb")  # the caller closes it
     remote, path = _remote_filesystem(uri)
     # compression=None: tarfile handles .tar.gz itself; pyarrow would guess from the name.
     return remote.open_input_stream(path, compression=None, buffer_size=STREAM_BUFFER_BYTES)
@@ -492,8 +492,8 @@ def parquet_columns(
 def _open_parquet(uri: str) -> Any:
     import pyarrow.parquet as pq
 
-    if not filesystem.is_remote(uri):
-        return pq.ParquetFile(filesystem.local_path(uri))
+    if not storage.is_remote(uri):
+        return pq.ParquetFile(storage.local_path(uri))
     remote, path = _remote_filesystem(uri)
     return pq.ParquetFile(remote.open_input_file(path))
 

@@ -30,7 +30,7 @@ def _column(batch: Batch, name: str, default: Any, n: int) -> list[Any]:
 
 def load_bytes(batch: Batch) -> tuple[list[bytes | None], list[str]]:
     """Encoded bytes per row (None where the row already failed or cannot be read)."""
-    from visdiff.sources.filesystem import read_bytes
+    from visdiff.io.storage import read_bytes
 
     uris = list(batch[schema.URI])
     n = len(uris)

@@ -84,7 +84,9 @@ def embed_images(
         batch_size=clip_cfg.batch_size,
         num_cpus=CALLER_NUM_CPUS,
     )
-    from visdiff.progress import materialize_with_progress  # counts rows as blocks stream in
+    from visdiff.pipeline.progress import (
+        materialize_with_progress,
+    )  # counts rows as blocks stream in
 
     materialized = materialize_with_progress(
         ds.select_columns(
@@ -97,7 +99,7 @@ def embed_images(
 
 def _summarise(ds: Any) -> EmbeddedImages:
     """Counts per block, merged on the driver; only failed rows travel as rows."""
-    from visdiff.stages.score import block_counts, error_rows
+    from visdiff.rank.aggregate import block_counts, error_rows
 
     totals: dict[str, int] = {}
     for row in ds.map_batches(block_counts, batch_format="numpy").iter_rows():
@@ -134,8 +136,8 @@ def score_hypotheses(
 ) -> list[HypothesisStats]:
     """Scores where the embeddings are (Ray Data tasks over batches of `SCORE_BATCH_ROWS`) and
     merges the per-batch partials in one streaming pass: driver memory does not grow with N."""
+    from visdiff.rank.aggregate import score_block
     from visdiff.rank.partials import merge_all
-    from visdiff.stages.score import score_block
 
     options = {
         "threshold": rank_cfg.classify_threshold,

@@ -22,12 +22,12 @@ from visdiff.config import DescribeConfig, LLMConfig, to_yaml
 from visdiff.errors import LLMError
 from visdiff.llm.client import ChatClient, HTTPChatClient
 from visdiff.models.availability import check_models_available
-from visdiff.propose.captions import CaptionedRounds, build_rounds
+from visdiff.pipeline.graph import EmbeddedImages
+from visdiff.pipeline.runtime import ray_runtime
 from visdiff.propose.proposer import Proposal, propose
-from visdiff.rank.ranker import EmbeddedImages
+from visdiff.propose.rounds import CaptionedRounds, build_rounds
 from visdiff.report.html import render_report
 from visdiff.report.writers import RunFolder
-from visdiff.runtime import ray_runtime
 from visdiff.sources.plan import InputPlan, plan_inputs
 from visdiff.stages.embed import ClipActors, clip_model_actors
 from visdiff.timing import StageTimer
@@ -91,8 +91,8 @@ def _prepare(config: DescribeConfig, timer: StageTimer, say: Callable[[str], Non
 def _embed_all(
     plan: InputPlan, config: DescribeConfig, timer: StageTimer, clip: ClipActors | None = None
 ) -> EmbeddedImages:
-    from visdiff.progress import expected_images, expecting
-    from visdiff.rank.ranker import embed_images
+    from visdiff.pipeline.graph import embed_images
+    from visdiff.pipeline.progress import expected_images, expecting
     from visdiff.sources.datasets import ranking_dataset
 
     with timer("embed_images"):
@@ -141,7 +141,7 @@ def _describe(
 ) -> RunResult:
     folder.write_text("config.yaml", to_yaml(config))
 
-    from visdiff.rank.ranker import embed_texts, score_hypotheses
+    from visdiff.pipeline.graph import embed_texts, score_hypotheses
 
     metrics = None
     with (

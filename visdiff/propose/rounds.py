@@ -12,7 +12,7 @@ from visdiff import schema
 from visdiff.config import CaptionerConfig, DescribeConfig
 from visdiff.errors import InputError
 from visdiff.propose.proposer import RoundInput
-from visdiff.propose.sampling import sample_for_round
+from visdiff.sampling import sample_for_round
 from visdiff.sources.plan import InputPlan
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def caption_images(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus or None,
     )
-    from visdiff.progress import Expected, materialize_with_progress
+    from visdiff.pipeline.progress import Expected, materialize_with_progress
 
     captioned = materialize_with_progress(ds, "caption", Expected(images=len(items)))
     return {

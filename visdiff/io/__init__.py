@@ -1,0 +1,1 @@
+"""Storage: one layer over pyarrow.fs for sources, cache and run folders."""

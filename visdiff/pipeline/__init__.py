@@ -1,0 +1,1 @@
+"""The one place that wires stages into Ray Data graphs and runs them."""
