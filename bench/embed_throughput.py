@@ -89,8 +89,7 @@ def bare_serial_seconds(bundle, transform, records: list, batch_size: int) -> fl
 
 
 def pipeline_run(records: list, clip_cfg, actors) -> tuple[float, object]:
-    from visdiff.pipeline.graph import embed_images
-    from visdiff.sources.datasets import records_dataset
+    from visdiff.pipeline.graph import embed_images, records_dataset
 
     started = time.perf_counter()
     embedded = embed_images(records_dataset(records), clip_cfg, actors=actors)
@@ -108,8 +107,8 @@ def main() -> None:
 
     from visdiff.config import ClipConfig
     from visdiff.models.clip import build_eval_transform, clip_image_embeddings, load_clip
+    from visdiff.pipeline.actors import clip_model_actors
     from visdiff.sources.folders import list_folder
-    from visdiff.stages.embed import clip_model_actors
 
     n = args.n or (128 if args.quick else 512)
     arch = args.arch or ("ViT-S-32" if args.quick else "ViT-B-32")

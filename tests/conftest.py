@@ -45,6 +45,18 @@ def _shared_path(*parts: str) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Two tiers. `-m "not e2e"` is the fast one to run while working: it leaves out every test
+    that needs the session's Ray cluster, a Serve app, a subprocess running a whole job, the
+    package registry or a fresh install. CI (`.ci/run`) runs both tiers."""
+    slow_markers = ("registry", "install", "subprocess_job")
+    for item in items:
+        if "ray_session" in item.fixturenames or any(
+            item.get_closest_marker(name) for name in slow_markers
+        ):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     """The 200 real photos (yoga vs meditation) with manifest.csv."""

@@ -41,7 +41,8 @@ class StandIn:
     _raw: list[tuple[int, Any]] = field(default_factory=list)  # verbatim next responses
 
     def fail_next(self, n: int, status: int = 503) -> None:
-        """The next `n` chat requests answer HTTP `status` with an OpenAI-style error body."""
+        """The next `n` chat requests answer HTTP `status` with an OpenAI-style error body and
+        `retry-after-ms: 10`, so a client that honours it retries at once."""
         with self._lock:
             self._failures.extend([status] * n)
 
@@ -108,6 +109,8 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, payload: Any) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
+            if status >= 500 or status == 429:
+                self.send_header("retry-after-ms", "10")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

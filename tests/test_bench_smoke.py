@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_KEYS = {
     "benchmark",
@@ -22,6 +24,7 @@ EXPECTED_KEYS = {
 }
 
 
+@pytest.mark.subprocess_job
 def test_rank_scale_smoke_prints_json_summary_last(tmp_path) -> None:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "VISDIFF_BENCH_CACHE": str(tmp_path)}
     env.pop("RAY_ADDRESS", None)  # the benchmark starts its own local Ray
@@ -46,6 +49,7 @@ def test_rank_scale_smoke_prints_json_summary_last(tmp_path) -> None:
     assert len(summary["config_hash"]) == 12
 
 
+@pytest.mark.subprocess_job
 def test_gpu_check_runs_on_cpu_and_writes_its_json(tmp_path) -> None:
     """bench/gpu_check.py is run for real only on a lent GPU machine: keep its CPU path working."""
     out = tmp_path / "gpu_check.json"

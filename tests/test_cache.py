@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -356,21 +355,6 @@ def test_many_hashes_across_all_buckets_and_lru_bound(tmp_path):
     assert stats["cached_bytes"] <= 10_000 or stats["cached_buckets"] == 1
 
 
-def test_compact_merges_files_and_keeps_rows(tmp_path):
-    hashes, embeddings = hashes_for(600), vectors(600)
-    cache = EmbeddingCache(str(tmp_path), "clip-test")
-    for start in range(0, 600, 100):
-        cache.put(hashes[start : start + 100], embeddings[start : start + 100])
-    per_bucket = Counter(p.parent.name for p in data_files(tmp_path))
-    removed = cache.compact()
-    after = data_files(tmp_path)
-    assert len(after) == len(per_bucket) == len({h[:2] for h in hashes})  # one file per bucket
-    assert removed == sum(n for n in per_bucket.values() if n > 1) > 0
-    found = EmbeddingCache(str(tmp_path), "clip-test").lookup(hashes)
-    assert all(np.array_equal(found[h], embeddings[i]) for i, h in enumerate(hashes))
-    assert cache.compact() == 0
-
-
 # --- S3 (moto server) -------------------------------------------------------------------------
 
 
@@ -402,7 +386,6 @@ def test_s3_round_trip_reuse_and_new_files(s3_bucket):
     assert len(found) == 40 and np.array_equal(found[hashes[35]], embeddings[35])
     assert second.stats()["rows_written"] == 0
 
-    assert second.compact() > 0
     assert len(EmbeddingCache(root, "clip-s3").lookup(hashes)) == 40
 
 

@@ -178,7 +178,7 @@ def test_shipped_experiment_configs_load():
         ("ray.num_cpus=-4", "ray.num_cpus", "[0, 100000]"),
         ("ray.object_store_memory_mb=-1", "ray.object_store_memory_mb", "[0, 100000000]"),
         ("ray.object_store_memory_mb=10", "ray.object_store_memory_mb", ">= 75"),
-        ("report.thumbnails_per_set=-1", "report.thumbnails_per_set", "[0, 1000]"),
+        ("report.evidence_k=0", "report.evidence_k", "[1, 100]"),
         ("report.top_n_print=-1", "report.top_n_print", "[0, 1000]"),
         ("llm.base_url=file:///etc/passwd", "llm.base_url", "http:// or https://"),
         ("llm.base_url=ftp://example.com/v1", "llm.base_url", "http:// or https://"),

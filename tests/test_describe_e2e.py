@@ -55,43 +55,53 @@ def check_run_folder(run_dir: Path, *, n_a: int, n_b: int, num_rounds: int) -> d
     assert all(isinstance(p["raw_text"], str) for p in proposals)
     proposed = {p["hypothesis"] for p in proposals if p["hypothesis"] is not None}
 
-    ranked = json.loads((run_dir / "ranked.json").read_text())
-    assert ranked, "no ranked hypotheses"
+    rows = json.loads((run_dir / "ranked.json").read_text())
+    assert rows, "no ranked hypotheses"
+    assert [tuple(r) for r in rows] == [schema.RANKED_COLUMNS] * len(rows)
+    by_direction = {d: [r for r in rows if r["direction"] == d] for d in ("a", "b")}
+    assert len(rows) == 2 * len(by_direction["a"])  # every hypothesis once per direction
+    assert rows == by_direction["a"] + by_direction["b"]
+    ranked = by_direction["a"]
     hypotheses = [r["hypothesis"] for r in ranked]
     assert len(set(hypotheses)) == len(hypotheses)
     assert set(hypotheses) <= proposed
-    assert [r["rank"] for r in ranked] == list(range(1, len(ranked) + 1))
-    aurocs = [r["auroc"] for r in ranked]
-    assert aurocs == sorted(aurocs, reverse=True)
-    for r in ranked:
-        assert 0.0 <= r["auroc"] <= 1.0
-        assert r["n_a"] == n_a and r["n_b"] == n_b
-        assert math.isclose(r["diff"], r["mean_a"] - r["mean_b"], abs_tol=1e-9)
-        assert -1.0 <= r["correct_delta"] <= 1.0
-        assert r["p_value"] is None or 0.0 <= r["p_value"] <= 1.0
+    assert sorted(r["hypothesis"] for r in by_direction["b"]) == sorted(hypotheses)
+    of_a = {r["hypothesis"]: r for r in ranked}
+    for direction, mine in by_direction.items():
+        assert [r["rank"] for r in mine] == list(range(1, len(mine) + 1))
+        aurocs = [r["auroc"] for r in mine]
+        assert aurocs == sorted(aurocs, reverse=True)  # best first within each direction
+        sign = 1.0 if direction == "a" else -1.0
+        for r in mine:
+            assert 0.0 <= r["auroc_ci_low"] <= r["auroc"] <= r["auroc_ci_high"] <= 1.0
+            assert r["n_a"] == n_a and r["n_b"] == n_b
+            diff = sign * (r["mean_a"] - r["mean_b"])
+            assert math.isclose(r["diff"], diff, abs_tol=1e-9)
+            assert -1.0 <= r["correct_delta"] <= 1.0
+            assert 0.0 <= r["p_value"] <= r["q_value"] <= 1.0
+            assert r["significant"] is (r["q_value"] < 0.05 and r["auroc_ci_low"] > 0.5)
+            twin = of_a[r["hypothesis"]]  # B's AUROC is 1 - A's: the same test, turned round
+            assert math.isclose(r["auroc"], twin["auroc"] if sign > 0 else 1 - twin["auroc"])
 
     table = pd.read_parquet(run_dir / "ranked.parquet")
-    assert list(table["hypothesis"]) == hypotheses
-    np.testing.assert_allclose(table["auroc"], aurocs)
-    for column in (
-        "auroc",
-        "mean_a",
-        "mean_b",
-        "diff",
-        "t_stat",
-        "p_value",
-        "correct_delta",
-        "n_a",
-        "n_b",
-    ):
-        assert column in table.columns
+    assert tuple(table.columns) == schema.RANKED_COLUMNS
+    assert list(table["hypothesis"]) == [r["hypothesis"] for r in rows]
+    np.testing.assert_allclose(table["auroc"], [r["auroc"] for r in rows])
+    assert table["significant"].dtype == bool
 
     stats = json.loads((run_dir / "stats.json").read_text())
     assert stats["images"]["a"]["ranked"] == n_a and stats["images"]["b"]["ranked"] == n_b
     assert set(stats["seconds"]) >= {"load_inputs", "caption", "propose", "embed_images", "rank"}
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") >= 2
-    return {"proposals": proposals, "ranked": ranked, "stats": stats, "html": html}
+    # "ranked": the rows more true of A (the paper's list); "ranked_b": the reverse direction.
+    return {
+        "proposals": proposals,
+        "ranked": ranked,
+        "ranked_b": by_direction["b"],
+        "stats": stats,
+        "html": html,
+    }
 
 
 def _recompute_aurocs(set_a: Path, set_b: Path, hypotheses: list[str]) -> list[float]:
@@ -132,6 +142,9 @@ def test_describe_tiny_on_folders_with_serve_llm(
             "propose.num_rounds=2",
             "propose.num_samples=6",
             "evaluate.top_k=3",
+            # Folder names are not descriptions: the judge grades only against given truth.
+            f"evaluate.ground_truth_a={GROUP_A}",
+            f"evaluate.ground_truth_b={GROUP_B}",
         ]
     )
     assert code == 0

@@ -1,15 +1,17 @@
-"""HTTPChatClient against a real HTTP stand-in for an OpenAI-compatible endpoint."""
+"""HTTPChatClient (the openai SDK behind our error messages) against a real HTTP stand-in for an
+OpenAI-compatible endpoint."""
 
 from __future__ import annotations
 
 import pickle
 import socket
+import time
 
 import pytest
 from openai_standin import serve_standin
 
 from visdiff.errors import LLMError
-from visdiff.llm.client import ChatClient, HTTPChatClient
+from visdiff.llm.client import ChatClient, ChatReply, HTTPChatClient
 
 MESSAGES = [
     {"role": "system", "content": "You compare image sets."},
@@ -19,7 +21,6 @@ SECRET = "sk-test-0123456789abcdef"
 
 
 def _client(base_url: str, **kwargs) -> HTTPChatClient:
-    kwargs.setdefault("backoff_s", 0.01)
     return HTTPChatClient(base_url, "some-model", **kwargs)
 
 
@@ -44,7 +45,34 @@ def test_answers_in_order_and_sends_openai_body() -> None:
     }
     assert "seed" not in standin.requests[1]
     assert standin.requests[1]["temperature"] == 0.0
-    assert "authorization" not in standin.headers[0]
+
+
+def test_reply_carries_the_finish_reason() -> None:
+    with serve_standin(["unused"]) as standin:
+        client = _client(standin.base_url)
+        cut = {"index": 0, "message": {"role": "assistant", "content": "1. dogs\n2. gra"}}
+        standin.respond_next(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{**cut, "finish_reason": "length"}],
+            }
+        )
+        reply = client.reply(MESSAGES, temperature=0, max_tokens=4)
+        assert reply == ChatReply("1. dogs\n2. gra", "length")
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).finish_reason == "stop"
+
+
+def test_keyless_client_never_sends_the_environment_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK would read OPENAI_API_KEY by itself: our Serve app must never receive it."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with serve_standin(["ok"]) as standin:
+        client = _client(standin.base_url)
+        assert not client.has_api_key
+        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "ok"
+    assert SECRET not in standin.headers[0].get("authorization", "")
 
 
 def test_bearer_key_sent_and_never_shown() -> None:
@@ -89,9 +117,12 @@ def test_gives_up_after_max_retries() -> None:
     with serve_standin(["never"]) as standin:
         standin.fail_next(5, 503)
         client = _client(standin.base_url, max_retries=1)
-        with pytest.raises(LLMError, match=r"HTTP 503 after 2 attempt"):
+        started = time.monotonic()
+        with pytest.raises(LLMError, match=r"HTTP 503: stand-in told to fail .*after 2 attempt"):
             client.complete(MESSAGES, temperature=0, max_tokens=4)
+        waited = time.monotonic() - started
     assert len(standin.requests) == 2
+    assert waited < 0.4  # the stand-in's retry-after-ms: 10 was honoured (default backoff: 0.5 s+)
 
 
 def test_400_raises_with_server_message_without_retry() -> None:
@@ -117,6 +148,9 @@ def test_unusable_answers_raise() -> None:
         standin.respond_next("not an object")
         with pytest.raises(LLMError, match="not an object"):
             client.complete(MESSAGES, temperature=0, max_tokens=4)
+        standin.respond_next({"detail": "the replica crashed"}, status=500)
+        with pytest.raises(LLMError, match=r"HTTP 500: the replica crashed; the server failed"):
+            _client(standin.base_url, max_retries=0).complete(MESSAGES, temperature=0, max_tokens=4)
 
 
 def test_connection_refused_names_the_url() -> None:

@@ -13,13 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from visdiff.config import CaptionConfig, CaptionerConfig, ClipConfig, DescribeConfig, LLMConfig
+from visdiff.config import (
+    TINY_CLIP_ARCH,
+    CaptionConfig,
+    CaptionerConfig,
+    ClipConfig,
+    DescribeConfig,
+    LLMConfig,
+)
 from visdiff.errors import ModelUnavailableError
 from visdiff.models import device as device_mod
 from visdiff.models.availability import check_model_available, check_models_available
 from visdiff.models.captioner import generate_captions, load_captioner
 from visdiff.models.clip import (
-    TINY_ARCH,
     build_eval_transform,
     build_pixel_transform,
     clip_image_embeddings,
@@ -108,6 +114,7 @@ def test_tiny_clip_is_deterministic_across_loads_and_leaves_global_rng_alone(cli
     )
 
 
+@pytest.mark.subprocess_job
 def test_tiny_clip_is_deterministic_across_processes(clip_bundle):
     code = (
         "import json; from visdiff.config import ClipConfig;"
@@ -249,10 +256,12 @@ def test_clip_tag_not_cached_offline(monkeypatch):
 def test_missing_local_clip_checkpoint_raises(tmp_path):
     missing = tmp_path / "weights" / "clip.pt"
     with pytest.raises(ModelUnavailableError, match="checkpoint file does not exist"):
-        check_models_available(_config(clip=ClipConfig(arch=TINY_ARCH, pretrained=str(missing))))
+        check_models_available(
+            _config(clip=ClipConfig(arch=TINY_CLIP_ARCH, pretrained=str(missing)))
+        )
     missing.parent.mkdir()
     missing.write_bytes(b"not checked here, only its presence")
-    check_models_available(_config(clip=ClipConfig(arch=TINY_ARCH, pretrained=str(missing))))
+    check_models_available(_config(clip=ClipConfig(arch=TINY_CLIP_ARCH, pretrained=str(missing))))
 
 
 def test_unknown_clip_tag_lists_the_known_tags():

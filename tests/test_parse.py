@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from visdiff.config import LLMConfig, ProposeConfig
+from visdiff.llm.client import ChatReply
 from visdiff.propose.parse import (
     MAX_CHARS,
     MAX_WORDS,
+    Candidate,
     dedupe_hypotheses,
+    drop_cut_off_line,
+    merge_near_duplicates,
     normalize_hypothesis,
     parse_hypotheses,
+)
+from visdiff.propose.proposer import (
+    Proposal,
+    RoundInput,
+    hypotheses_from_answer,
+    proposal_rows,
+    propose,
 )
 
 MARKUP_CHARS = set('*"“”‘’•`') | {"\n", "\r", "\t"}
@@ -247,3 +260,150 @@ def test_parse_then_dedupe_across_rounds(recorded_outputs):
     unique = dedupe_hypotheses(merged)
     assert len(unique) == 30
     assert unique[0] == "Yoga poses"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("* yoga poses\n* sunsets\n* snowy mou", "* yoga poses\n* sunsets"),
+        ("* yoga poses\r\n* sunsets\r\n* snowy mou", "* yoga poses\n* sunsets"),
+        ("* yoga poses\n* sunsets\n", "* yoga poses\n* sunsets\n"),  # cut at a line end
+        ("* yoga poses\n* sunsets\n  ", "* yoga poses\n* sunsets\n  "),
+        ("* yoga po", ""),
+        ("", ""),
+    ],
+)
+def test_drop_cut_off_line(text, kept):
+    assert drop_cut_off_line(text) == kept
+
+
+def test_answer_cut_at_the_token_limit_is_flagged_and_loses_its_last_line():
+    text = '* "Yoga poses"\n* "Sunset lighting"\n* "People doing hand'
+    assert hypotheses_from_answer(text, "length", max_items=10) == (
+        ["Yoga poses", "Sunset lighting"],
+        True,
+    )
+    for reason in ("stop", None):
+        items, truncated = hypotheses_from_answer(text, reason, max_items=10)
+        assert items[-1] == "People doing hand" and not truncated
+
+
+def test_recorded_gpt4_outputs_through_the_proposer_path(recorded_outputs):
+    for output in recorded_outputs:
+        items, truncated = hypotheses_from_answer(output, "stop", max_items=10)
+        assert items == parse_hypotheses(output) and len(items) == 10 and not truncated
+        # the same answer cut inside its last item: nine clean items, flagged
+        cut = output[: output.rindex("\n") + 6]
+        items, truncated = hypotheses_from_answer(cut, "length", max_items=10)
+        assert items == parse_hypotheses(output)[:9] and truncated
+
+
+def _unit(*angles_deg: float) -> np.ndarray:
+    radians = np.deg2rad(angles_deg)
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1)
+
+
+def test_merge_near_duplicates_keeps_first_spelling_and_provenance():
+    candidates = [
+        Candidate("Yoga poses", 0, 0),
+        Candidate("sunsets", 0, 1),
+        Candidate("yoga postures", 1, 0),  # 5 degrees from "Yoga poses": cos 0.996
+        Candidate("Sunsets.", 1, 1),  # same text: merged whatever its embedding says
+        Candidate("snowy mountains", 2, 0),  # 40 degrees from everything kept: cos 0.77
+        Candidate("...", 2, 1),  # empty key: dropped
+    ]
+    embeddings = _unit(0, 90, 5, 170, 130, 0) * np.array([[2.0], [1], [3], [1], [1], [1]])
+    merged = merge_near_duplicates(candidates, embeddings, threshold=0.9)
+    assert [m.text for m in merged] == ["Yoga poses", "sunsets", "snowy mountains"]
+    assert merged[0].sources == [candidates[0], candidates[2]]
+    assert merged[0].rounds == [0, 1]
+    assert merged[1].sources == [candidates[1], candidates[3]]
+    assert merged[2].sources == [candidates[4]]
+    # a stricter threshold keeps the paraphrase apart; exact spellings still merge
+    strict = merge_near_duplicates(candidates, embeddings, threshold=0.999)
+    assert [m.text for m in strict] == ["Yoga poses", "sunsets", "yoga postures", "snowy mountains"]
+
+
+def test_merge_compares_with_each_groups_first_spelling_only():
+    # a chain of 30-degree steps: each neighbour is similar (cos 0.87), the ends are not
+    candidates = [Candidate(f"h{i}", 0, i) for i in range(4)]
+    merged = merge_near_duplicates(candidates, _unit(0, 30, 60, 90), threshold=0.85)
+    assert [[c.text for c in m.sources] for m in merged] == [["h0", "h1"], ["h2", "h3"]]
+    # a candidate close enough to two kept hypotheses (cos 0.84 and 0.89) joins the closer one
+    candidates.append(Candidate("between", 1, 0))
+    merged = merge_near_duplicates(candidates, _unit(0, 30, 60, 90, 33), threshold=0.83)
+    assert [c.text for c in merged[1].sources] == ["h2", "h3", "between"]
+
+
+def test_merge_input_checks():
+    one = [Candidate("a", 0, 0)]
+    assert merge_near_duplicates([], np.zeros((0, 4)), threshold=0.9) == []
+    with pytest.raises(ValueError, match="one row per candidate"):
+        merge_near_duplicates(one, np.ones((2, 3)), threshold=0.9)
+    with pytest.raises(ValueError, match="one row per candidate"):
+        merge_near_duplicates(one, np.ones(3), threshold=0.9)
+    with pytest.raises(ValueError, match="non-zero"):
+        merge_near_duplicates(one, np.zeros((1, 3)), threshold=0.9)
+    with pytest.raises(ValueError, match="finite"):
+        merge_near_duplicates(one, np.full((1, 3), np.nan), threshold=0.9)
+    with pytest.raises(ValueError, match="threshold"):
+        merge_near_duplicates(one, np.ones((1, 3)), threshold=1.5)
+
+
+class _RecordedLLM:
+    """Stands in for a chat endpoint: answers round r with the r-th recorded answer."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.requests: list[list[dict[str, str]]] = []
+
+    def reply(self, messages, *, temperature, max_tokens, seed=None):
+        self.requests.append(messages)
+        return ChatReply(self.answers[seed % len(self.answers)], "stop")
+
+
+def test_propose_keeps_provenance_per_round(recorded_outputs, tmp_path):
+    rounds = [
+        RoundInput(r, [f"a{r}"], [f"b{r}"], [f"Describe it. caption a{r}"], [f"caption b{r}"])
+        for r in range(3)
+    ]
+    llm = _RecordedLLM(recorded_outputs)
+    proposals, merged = propose(
+        llm, rounds, ProposeConfig(), LLMConfig(), seed=0, caption_prompt="Describe it."
+    )
+    assert [p.round_index for p in proposals] == [0, 1, 2]
+    assert merged == dedupe_hypotheses(h for p in proposals for h in p.hypotheses)
+    assert proposals[1].hypotheses == parse_hypotheses(recorded_outputs[1])
+    assert proposals[1].prompt_source == "built-in 'clip_friendly'"
+    assert "1. caption a1" in proposals[1].prompt.splitlines()
+    assert "Describe it" not in proposals[1].prompt
+    assert not any(p.truncated for p in proposals)
+    assert proposals[2].candidates()[3] == Candidate(proposals[2].hypotheses[3], 2, 3)
+
+    own = tmp_path / "mine.txt"
+    own.write_text("{text}\nList {num_hypotheses}.", encoding="utf-8")
+    proposals, _ = propose(
+        llm, rounds[:1], ProposeConfig(prompt_file=str(own)), LLMConfig(), seed=0
+    )
+    assert proposals[0].prompt == "Group A: Describe it. caption a0\nGroup B: caption b0\nList 10."
+    assert proposals[0].prompt_source == f"file {own}"
+    assert llm.requests[-1] == [{"role": "user", "content": proposals[0].prompt}]
+
+
+def test_proposal_rows():
+    proposals = [
+        Proposal(
+            0, "* a\n* b", ["a", "b"], ["x"], ["y"], truncated=True, prompt_source="s", prompt="p"
+        ),
+        Proposal(1, "nothing", [], ["z"], ["w"]),
+    ]
+    rows = list(proposal_rows(proposals))
+    assert [(r["round"], r["index"], r["hypothesis"]) for r in rows] == [
+        (0, 0, "a"),
+        (0, 1, "b"),
+        (1, None, None),
+    ]
+    assert rows[0]["truncated"] is True and rows[2]["truncated"] is False
+    assert rows[1]["ids_a"] == ["x"] and rows[1]["ids_b"] == ["y"] and rows[1]["prompt"] == "p"
+    assert rows[2]["raw_text"] == "nothing"
+    json.dumps(rows)

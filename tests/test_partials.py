@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pyarrow as pa
 import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
+from visdiff.rank.aggregate import ScoreAggregate
 from visdiff.rank.partials import HypothesisStats, ScorePartials, merge_all, rank_order
 
 THRESHOLD = 0.2
@@ -108,16 +112,30 @@ def test_pairwise_merge_tree_equals_merge_all() -> None:
         _assert_close(t, r)
 
 
+def _fields(part: ScorePartials) -> dict[str, object]:
+    return {
+        "count": part.count, "mean": part.mean, "m2": part.m2, "above": part.above,
+        "hist": part.histograms(), "exact": part.exact,
+    }  # fmt: skip
+
+
+def _assert_same_partials(got: ScorePartials, want: ScorePartials) -> None:
+    for key, value in _fields(want).items():
+        if key == "exact":
+            assert (got.exact is None) == (value is None)
+            for g, w in zip(got.exact or [], value or [], strict=True):
+                np.testing.assert_array_equal(g, w)
+        else:
+            np.testing.assert_array_equal(_fields(got)[key], value)
+
+
 def test_merge_is_pure_and_empty_is_identity() -> None:
     scores, is_a = _make_scores()
     left, right = _blocks(scores, is_a, [100])
-    before = left.to_row()
+    before = copy.deepcopy(left)
     merged = left.merge(right)
-    for key, value in left.to_row().items():
-        np.testing.assert_array_equal(value, before[key])
-    with_empty = ScorePartials.empty(H, threshold=THRESHOLD).merge(merged)
-    for key, value in with_empty.to_row().items():
-        np.testing.assert_array_equal(value, merged.to_row()[key])
+    _assert_same_partials(left, before)
+    _assert_same_partials(ScorePartials.empty(H, threshold=THRESHOLD).merge(merged), merged)
 
 
 @pytest.mark.parametrize("exact_cap", [50, N_A + N_B - 1])
@@ -181,46 +199,45 @@ def test_variance_merge_is_numerically_stable() -> None:
     np.testing.assert_allclose(var[:, 0], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("with_exact", [True, False])
-def test_row_round_trip(with_exact: bool) -> None:
-    scores, is_a = _make_scores()
-    part = ScorePartials.from_scores(
-        scores[:90],
-        is_a[:90],
-        threshold=THRESHOLD,
-        num_bins=64,
-        exact_cap=100 if with_exact else 10,
+def _arrow_block(scores_embedded: np.ndarray, is_a: np.ndarray, errors: list[str]) -> pa.Table:
+    return pa.table(
+        {
+            "set": np.where(is_a, "a", "b"),
+            "error": errors,
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(scores_embedded.ravel()), scores_embedded.shape[1]
+            ),
+        }
     )
-    row = part.to_row()
-    assert all(isinstance(v, np.ndarray) and v.shape[0] == 1 for v in row.values())
-    # Also as Ray hands rows back: the leading batch dimension removed, bytes unwrapped.
-    unbatched = {k: (v[0] if v.dtype == object else v[0]) for k, v in row.items()}
-    for candidate in (row, unbatched):
-        back = ScorePartials.from_row(candidate)
-        assert (back.threshold, back.num_bins, back.exact_cap) == (THRESHOLD, 64, part.exact_cap)
-        for name in ("count", "mean", "m2", "above"):
-            np.testing.assert_array_equal(getattr(back, name), getattr(part, name))
-            assert getattr(back, name).dtype == getattr(part, name).dtype
-        np.testing.assert_array_equal(back.histograms(), part.histograms())
-        if with_exact:
-            assert back.hist is None
-            for got, want in zip(back.exact, part.exact, strict=True):
-                np.testing.assert_array_equal(got, want)
-                assert got.dtype == np.float32 and got.flags.writeable
-        else:
-            assert back.exact is None
-            assert back.hist.dtype == np.int64 and back.hist.flags.writeable
-    missing = "exact_a" if with_exact else "hist"
-    with pytest.raises(ValueError, match=missing):
-        ScorePartials.from_row({k: v for k, v in row.items() if k != missing})
 
 
-def test_round_tripped_rows_finalize_like_reference() -> None:
+@pytest.mark.parametrize("exact_cap", [10_000, 50])
+def test_score_aggregate_blocks_combine_and_finalize_like_reference(exact_cap: int) -> None:
+    """The Ray Data aggregation's three steps, called as Ray calls them: one accumulator per
+    block (failed rows skipped, an all-failed block gives the identity), pairwise combine in
+    any order, finalize. With unit "text embeddings" the scores are the embedding columns."""
     scores, is_a = _make_scores()
-    rows = [p.to_row() for p in _blocks(scores, is_a, SPLITS["uneven_1"])]
-    result = merge_all(ScorePartials.from_row(r) for r in rows).finalize(HYPOTHESES)
-    for stats, ref in zip(result, _reference(scores, is_a), strict=True):
-        _assert_close(stats, ref)
+    agg = ScoreAggregate(
+        HYPOTHESES, np.eye(H, dtype=np.float32), threshold=THRESHOLD, num_bins=2048,
+        exact_cap=exact_cap,
+    )  # fmt: skip
+    cuts = [0, 37, 150, 151, N_A + N_B]
+    parts = [
+        agg.aggregate_block(_arrow_block(scores[lo:hi], is_a[lo:hi], [""] * (hi - lo)))
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
+    failed = agg.aggregate_block(_arrow_block(scores[:4], is_a[:4], ["decode: bad"] * 4))
+    acc = agg.init(None)  # Ray's per-group start: the zero accumulator
+    for part in [failed, *parts[::-1]]:
+        acc = agg.combine(acc, part)
+    result = agg.finalize(acc)
+    assert [s.hypothesis for s in result] == HYPOTHESES
+    ref = _reference(scores, is_a)
+    for stats, r in zip(result, ref, strict=True):
+        assert (stats.n_a, stats.n_b) == (N_A, N_B)
+        assert stats.auroc_exact is (exact_cap >= N_A + N_B)
+        assert abs(stats.auroc - r["auroc"]) <= stats.auroc_error_bound + 1e-12
+        assert stats.t_stat == pytest.approx(r["t_stat"], rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -276,8 +293,9 @@ def test_hypothesis_stats_types_and_to_dict() -> None:
     stats = ScorePartials.from_scores(scores, is_a, threshold=THRESHOLD).finalize(HYPOTHESES)[0]
     d = stats.to_dict()
     assert list(d) == [
-        "hypothesis", "auroc", "auroc_error_bound", "auroc_exact", "mean_a", "mean_b",
-        "diff", "t_stat", "p_value", "correct_delta", "n_a", "n_b",
+        "hypothesis", "auroc", "auroc_error_bound", "auroc_exact", "auroc_se", "mean_a",
+        "mean_b", "diff", "t_stat", "p_value", "p_greater", "p_less", "correct_delta", "n_a",
+        "n_b",
     ]  # fmt: skip
     assert type(d["auroc"]) is float and type(d["n_a"]) is int and type(d["auroc_exact"]) is bool
     with pytest.raises(TypeError, match="t_stat"):
@@ -285,7 +303,7 @@ def test_hypothesis_stats_types_and_to_dict() -> None:
 
 
 def _stat(text: str, auc: float, t: float) -> HypothesisStats:
-    return HypothesisStats(text, auc, 0.0, True, 0.0, 0.0, 0.0, t, 0.5, 0.0, 2, 2)
+    return HypothesisStats(text, auc, 0.0, True, 0.1, 0.0, 0.0, 0.0, t, 0.5, 0.5, 0.5, 0.0, 2, 2)
 
 
 def test_rank_order_is_deterministic() -> None:

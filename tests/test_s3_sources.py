@@ -19,14 +19,13 @@ from visdiff.errors import InputError
 from visdiff.io import storage
 from visdiff.schema import CAPTION, ERROR, ID, IMAGE_BYTES, URI
 from visdiff.sources.decode import decode_image, read_and_decode
-from visdiff.sources.records import load_image_sets
-from visdiff.sources.shards import (
-    SHARD_ERROR_KEY,
-    iter_parquet_shard,
-    iter_webdataset_shard,
-    resolve_shards,
-    shard_rows_batch,
-)
+from visdiff.sources.manifest import load_manifest
+from visdiff.sources.plan import plan_inputs
+from visdiff.sources.shards.parquet import iter_parquet_shard
+from visdiff.sources.shards.read import shard_row_chunks
+from visdiff.sources.shards.resolve import resolve_shards
+from visdiff.sources.shards.rows import SHARD_ERROR_KEY
+from visdiff.sources.shards.webdataset import iter_webdataset_shard
 
 RED, GREEN, BLUE = (220, 20, 20), (20, 200, 30), (30, 40, 210)
 
@@ -94,7 +93,7 @@ def bucket(s3_bucket: str) -> str:
 
 def test_manifest_on_s3(bucket: str) -> None:
     manifest = f"s3://{bucket}/ds/manifest.csv"
-    sets = load_image_sets(DataConfig(manifest=manifest, group_a="cats", group_b="dogs"))
+    sets = load_manifest(DataConfig(manifest=manifest, group_a="cats", group_b="dogs"))
     assert [r.uri for r in sets.a] == [
         f"s3://{bucket}/ds/images/cats/000001.jpg",
         f"s3://{bucket}/ds/images/cats/000002.jpg",
@@ -105,19 +104,20 @@ def test_manifest_on_s3(bucket: str) -> None:
     np.testing.assert_allclose(mean_colour(read_and_decode(sets.b[0].uri)), BLUE, atol=2)
     missing = f"s3://{bucket}/ds/missing.csv"
     with pytest.raises(InputError, match="not found") as info:
-        load_image_sets(DataConfig(manifest=missing, group_a="cats", group_b="dogs"))
+        load_manifest(DataConfig(manifest=missing, group_a="cats", group_b="dogs"))
     assert missing in str(info.value)
 
 
 def test_folder_prefixes_on_s3(bucket: str) -> None:
-    sets = load_image_sets(DataConfig(set_a=f"s3://{bucket}/a/", set_b=f"s3://{bucket}/b/"))
-    assert [r.id for r in sets.a] == ["a/2.png", "a/x/1.jpg"]  # notes.txt is not an image
-    assert [r.uri for r in sets.b] == [f"s3://{bucket}/b/3.jpg"]
-    assert (sets.name_a, sets.name_b) == ("a", "b")
-    np.testing.assert_allclose(mean_colour(read_and_decode(sets.a[1].uri)), RED, atol=6)
+    plan = plan_inputs(DataConfig(set_a=f"s3://{bucket}/a/", set_b=f"s3://{bucket}/b/"))
+    a, b = plan.a.records or [], plan.b.records or []
+    assert [r.id for r in a] == ["a/2.png", "a/x/1.jpg"]  # notes.txt is not an image
+    assert [r.uri for r in b] == [f"s3://{bucket}/b/3.jpg"]
+    assert (plan.a.display_name, plan.b.display_name) == ("a", "b")
+    np.testing.assert_allclose(mean_colour(read_and_decode(a[1].uri)), RED, atol=6)
     missing = f"s3://{bucket}/no_such_prefix/"
     with pytest.raises(InputError, match="does not exist") as info:
-        load_image_sets(DataConfig(set_a=missing, set_b=f"s3://{bucket}/b/"))
+        plan_inputs(DataConfig(set_a=missing, set_b=f"s3://{bucket}/b/"))
     assert missing in str(info.value)
 
 
@@ -168,5 +168,5 @@ def test_shard_readers_on_s3(bucket: str) -> None:
     np.testing.assert_allclose(mean_colour(decode_image(parquet[0][IMAGE_BYTES])), BLUE, atol=6)
 
     batch = {"shard": np.array(resolve_shards(f"s3://{bucket}/laion/*.tar"), dtype=object)}
-    out = shard_rows_batch(batch, set_name="a")
+    (out,) = shard_row_chunks(batch, set_name="a")
     assert len(out[ID]) == 6 and len(set(out[ID])) == 6 and set(out[ERROR]) == {""}

@@ -117,25 +117,41 @@ def test_engine_token_counts(engine) -> None:
     assert resp.choices[0].finish_reason == expected
 
 
-def test_greedy_matches_transformers_generate() -> None:
-    """Our cached decoding loop against transformers' own greedy search (the reference)."""
-    from visdiff.models.llm import encode_chat, generate_chat, load_chat_model
+@pytest.fixture(scope="module")
+def tiny_bundle():
+    from visdiff.models.llm import load_chat_model
 
-    bundle = load_chat_model("tiny")
-    for content in ("hello", "Set A shows yoga; set B shows meditation."):
-        messages = [{"role": "user", "content": content}]
-        text, prompt_tokens, completion_tokens = generate_chat(
-            bundle, messages, temperature=0, max_tokens=20, seed=None
+    return load_chat_model("tiny")
+
+
+def test_nucleus_of_one_token_is_greedy(tiny_bundle) -> None:
+    """A top_p so small that only the most likely token survives must give the greedy answer."""
+    from visdiff.models.llm import generate_chat
+
+    messages = [{"role": "user", "content": "Set A shows yoga; set B shows meditation."}]
+    greedy = generate_chat(tiny_bundle, messages, temperature=0, max_tokens=20)
+    for seed in (1, 2):
+        nucleus = generate_chat(
+            tiny_bundle, messages, temperature=0.9, max_tokens=20, seed=seed, top_p=1e-6
         )
-        ids = encode_chat(bundle, messages)
-        reference = bundle.model.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20
-        )[0, ids.shape[1] :]
-        assert prompt_tokens == ids.shape[1]
-        eos = bundle.tokenizer.eos_token_id
-        ref_tokens = [t for t in reference.tolist() if t != eos]
-        assert completion_tokens == len(ref_tokens)
-        assert text == bundle.tokenizer.decode(ref_tokens, skip_special_tokens=True)
+        assert nucleus == greedy
+    sampled = generate_chat(tiny_bundle, messages, temperature=1.5, max_tokens=20, seed=1)
+    assert sampled[0] != greedy[0]  # without the nucleus cut, sampling does leave greedy's path
+
+
+def test_sampling_ignores_and_keeps_the_global_rng(tiny_bundle) -> None:
+    """Answers depend on the request's seed only: concurrent requests share the global RNG."""
+    from visdiff.models.llm import generate_chat
+
+    messages = [{"role": "user", "content": "hello"}]
+    torch.manual_seed(123)
+    first = generate_chat(tiny_bundle, messages, temperature=1.0, max_tokens=12, seed=7)
+    state = torch.get_rng_state()
+    torch.manual_seed(999)
+    state_other = torch.get_rng_state()
+    again = generate_chat(tiny_bundle, messages, temperature=1.0, max_tokens=12, seed=7)
+    assert again == first
+    assert torch.equal(torch.get_rng_state(), state_other) and not torch.equal(state, state_other)
 
 
 def test_stop_string_cuts_the_answer(engine) -> None:
@@ -296,7 +312,7 @@ def test_stop_removes_the_app(served) -> None:
 
 
 def _vllm_args(**overrides):
-    from visdiff.serving.app import LLMAppArgs
+    from visdiff.serving.args import LLMAppArgs
 
     base = {"engine": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct", "num_gpus": 1}
     return LLMAppArgs.model_validate({**base, **overrides})
@@ -348,7 +364,7 @@ def test_vllm_engine_without_vllm_names_the_extra() -> None:
 
 
 def test_app_args_reject_typos_and_conflicts() -> None:
-    from visdiff.serving.app import LLMAppArgs
+    from visdiff.serving.args import LLMAppArgs
 
     with pytest.raises(ValidationError, match="num_replica"):
         LLMAppArgs.model_validate({"num_replica": 2})
@@ -362,7 +378,8 @@ def test_app_args_reject_typos_and_conflicts() -> None:
 def test_deployment_yaml_is_a_serve_config(path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from visdiff.serving.app import LLMAppArgs, build_app
+    from visdiff.serving.app import build_app
+    from visdiff.serving.args import LLMAppArgs
 
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     assert schema.applications

@@ -16,19 +16,17 @@ from PIL import Image
 
 from visdiff.errors import InputError
 from visdiff.schema import CAPTION, ERROR, ID, IMAGE_BYTES, SET, URI
-from visdiff.sources.braces import MAX_EXPANSION, expand_braces
 from visdiff.sources.decode import decode_image
-from visdiff.sources.shards import (
-    ROW_COLUMNS,
-    SHARD_ERROR_KEY,
-    check_parquet_shard,
-    iter_parquet_shard,
-    iter_webdataset_shard,
+from visdiff.sources.shards.parquet import ParquetOptions, check_parquet_shard, iter_parquet_shard
+from visdiff.sources.shards.read import shard_row_chunks
+from visdiff.sources.shards.resolve import (
+    MAX_EXPANSION,
+    expand_braces,
     resolve_shards,
     shard_format,
-    shard_row_chunks,
-    shard_rows_batch,
 )
+from visdiff.sources.shards.rows import ROW_COLUMNS, SHARD_ERROR_KEY
+from visdiff.sources.shards.webdataset import iter_webdataset_shard
 
 RED, GREEN, BLUE = (220, 20, 20), (20, 200, 30), (30, 40, 210)
 
@@ -93,6 +91,13 @@ def write_parquet(path: Path, table: pa.Table) -> Path:
 )
 def test_expand_braces(pattern: str, expected: list[str]) -> None:
     assert expand_braces(pattern) == expected
+
+
+def test_expand_braces_library_extras() -> None:
+    # braceexpand also knows letter ranges and steps; backslashes stay literal in paths.
+    assert expand_braces("{a..c}.tar") == ["a.tar", "b.tar", "c.tar"]
+    assert expand_braces("{0..6..3}") == ["0", "3", "6"]
+    assert expand_braces("x\\{0,1}") == ["x\\0", "x\\1"]
 
 
 def test_expand_braces_large_zero_padded_range() -> None:
@@ -181,6 +186,9 @@ def test_resolve_errors_name_the_spec(shard_dir: Path) -> None:
         resolve_shards(f"{shard_dir}/0000*")  # also matches 00000_stats.json
     with pytest.raises(InputError, match="empty list"):
         resolve_shards([])
+    with pytest.raises(InputError, match="whole folder level") as info:
+        resolve_shards(f"{shard_dir}/a**b/*.tar")
+    assert f"{shard_dir}/a**b/*.tar" in str(info.value) and "\n" not in str(info.value)
     same = [f"{shard_dir}/00000.tar", f"{shard_dir}/nested/../00000.tar"]
     assert resolve_shards(same) == [str(shard_dir / "00000.tar")]  # normalised, then unique
 
@@ -356,10 +364,10 @@ def test_parquet_schema_problems(tmp_path: Path) -> None:
     rows = list(iter_parquet_shard(str(metadata_only), set_name="a"))
     assert len(rows) == 1 and rows[0][ERROR].startswith("bad_schema: ")
     with pytest.raises(InputError, match="not image bytes"):
-        check_parquet_shard(str(metadata_only), image_column="caption")
+        check_parquet_shard(str(metadata_only), ParquetOptions(image_column="caption"))
     with pytest.raises(InputError, match="no caption column 'alt'"):
         iter_check = write_parquet(tmp_path / "ok.parquet", pa.table({"jpg": [encoded(RED)]}))
-        check_parquet_shard(str(iter_check), caption_column="alt")
+        check_parquet_shard(str(iter_check), ParquetOptions(caption_column="alt"))
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     rows = list(iter_parquet_shard(str(tmp_path / "junk.parquet"), set_name="a"))
     assert len(rows) == 1 and rows[0][ERROR].startswith("read_error: ")
@@ -375,9 +383,9 @@ def two_shards(tmp_path: Path) -> list[str]:
     return [str(tar), str(write_parquet(tmp_path / "00001.parquet", table))]
 
 
-def test_shard_rows_batch_concatenates_shards(two_shards: list[str]) -> None:
+def test_shard_row_chunks_concatenate_shards(two_shards: list[str]) -> None:
     batch = {"shard": np.array(two_shards, dtype=object)}
-    out = shard_rows_batch(batch, set_name="a")
+    (out,) = shard_row_chunks(batch, set_name="a")
     assert tuple(out) == ROW_COLUMNS
     assert all(len(values) == 5 for values in out.values())
     assert out[ID] == [f"a/00000.tar/{key}" for key, *_ in SAMPLES] + [
@@ -388,13 +396,15 @@ def test_shard_rows_batch_concatenates_shards(two_shards: list[str]) -> None:
     chunks = list(shard_row_chunks(batch, set_name="a", rows_per_chunk=2))
     assert [len(chunk[ID]) for chunk in chunks] == [2, 2, 1]
     assert sum((chunk[ID] for chunk in chunks), []) == out[ID]
+    with pytest.raises(InputError, match="'shard' column"):
+        next(shard_row_chunks({"uri": batch["shard"]}, set_name="a"))
 
 
-def test_shard_rows_batch_in_ray_data(two_shards: list[str], ray_session) -> None:
+def test_shard_row_chunks_in_ray_data(two_shards: list[str], ray_session) -> None:
     import ray
 
     dataset = ray.data.from_items([{"shard": shard} for shard in two_shards]).map_batches(
-        shard_rows_batch, fn_kwargs={"set_name": "b"}, batch_size=1
+        shard_row_chunks, fn_kwargs={"set_name": "b", "rows_per_chunk": 2}, batch_size=1
     )
     rows = sorted(dataset.take_all(), key=lambda row: row[ID])
     assert len(rows) == 5

@@ -13,7 +13,9 @@ from PIL import Image
 from visdiff.config import DataConfig
 from visdiff.errors import InputError
 from visdiff.io import storage
-from visdiff.sources.records import ImageRecord, ImageSets, load_image_sets
+from visdiff.sources.manifest import load_manifest
+from visdiff.sources.plan import plan_inputs
+from visdiff.sources.records import ImageRecord, ImageSets
 
 YOGA = "People practicing yoga in a mountainous setting"
 MEDITATION = "People meditating in a mountainous setting"
@@ -63,9 +65,16 @@ def by_manifest(path: Path | str, a: str = "cats", b: str = "dogs") -> DataConfi
     return DataConfig(manifest=str(path), group_a=a, group_b=b)
 
 
+def by_folders(set_a: str, set_b: str) -> ImageSets:
+    """Both folder sets as the pipeline plans them, in the manifest reader's result type."""
+    plan = plan_inputs(DataConfig(set_a=set_a, set_b=set_b))
+    a, b = plan.a.records or [], plan.b.records or []
+    return ImageSets(a, b, plan.a.display_name, plan.b.display_name, plan.skipped)
+
+
 def input_error(data: DataConfig) -> str:
     with pytest.raises(InputError) as info:
-        load_image_sets(data)
+        plan_inputs(data)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -77,7 +86,7 @@ def input_error(data: DataConfig) -> str:
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
 def test_manifest_formats(dataset: Path, fmt: str):
     manifest = write_manifest(dataset, fmt, ROWS)
-    sets = load_image_sets(by_manifest(manifest))
+    sets = load_manifest(by_manifest(manifest))
     assert isinstance(sets, ImageSets)
     assert (sets.name_a, sets.name_b) == ("cats", "dogs")
     assert [r.id for r in sets.a] == [
@@ -105,7 +114,7 @@ def test_manifest_formats(dataset: Path, fmt: str):
 
 def test_json_extension_is_json_lines(dataset: Path):
     manifest = write_manifest(dataset, "json", ROWS)
-    assert len(load_image_sets(by_manifest(manifest)).a) == 3
+    assert len(load_manifest(by_manifest(manifest)).a) == 3
 
 
 def test_manifest_relative_paths_resolve_from_its_folder_not_cwd(dataset: Path, monkeypatch):
@@ -114,7 +123,7 @@ def test_manifest_relative_paths_resolve_from_its_folder_not_cwd(dataset: Path, 
     rows = [dict(r, path="../" + r["path"]) for r in ROWS]
     manifest = write_manifest(sub, "csv", rows)
     monkeypatch.chdir(dataset / "images")  # a cwd where the relative paths would not exist
-    sets = load_image_sets(by_manifest(manifest))
+    sets = load_manifest(by_manifest(manifest))
     assert sets.a[0].uri == str(dataset / "images" / "cats" / "000001.jpg")
     assert sets.a[0].id == "a/../images/cats/000001.jpg"
 
@@ -126,7 +135,7 @@ def test_manifest_absolute_paths_and_uris_are_kept(dataset: Path, tmp_path_facto
         {"path": str(elsewhere), "group_name": "cats"},
         {"path": "s3://bucket/dogs/1.jpg", "group_name": "dogs"},
     ]
-    sets = load_image_sets(by_manifest(write_manifest(dataset, "csv", rows)))
+    sets = load_manifest(by_manifest(write_manifest(dataset, "csv", rows)))
     assert [r.uri for r in sets.a] == [str(dataset / "images/cats/000001.jpg"), str(elsewhere)]
     assert sets.a[0].id == "a/images/cats/000001.jpg"  # under the manifest folder: relative
     assert sets.a[1].id == "a/" + str(elsewhere).lstrip("/")
@@ -138,13 +147,13 @@ def test_numeric_looking_paths_and_groups_stay_strings(tmp_path: Path):
     make_image(tmp_path / "000001.jpg")
     make_image(tmp_path / "0042")  # no extension: manifests may name any file
     (tmp_path / "m.csv").write_text("path,group_name,caption\n000001.jpg,01,\n0042,2,x\n")
-    sets = load_image_sets(by_manifest(tmp_path / "m.csv", a="01", b="2"))
+    sets = load_manifest(by_manifest(tmp_path / "m.csv", a="01", b="2"))
     assert sets.a[0].id == "a/000001.jpg" and sets.a[0].caption == ""
     assert sets.b[0].id == "b/0042" and sets.b[0].uri == str(tmp_path / "0042")
     (tmp_path / "m.jsonl").write_text(
         '{"path": "000001.jpg", "group_name": "01"}\n{"path": "0042", "group_name": "2"}\n'
     )
-    sets = load_image_sets(by_manifest(tmp_path / "m.jsonl", a="01", b="2"))
+    sets = load_manifest(by_manifest(tmp_path / "m.jsonl", a="01", b="2"))
     assert sets.a[0].id == "a/000001.jpg" and sets.b[0].id == "b/0042"
 
 
@@ -152,7 +161,7 @@ def test_parquet_nan_caption_is_empty(dataset: Path):
     frame = pd.DataFrame(ROWS)
     frame.loc[0, "caption"] = float("nan")
     frame.to_parquet(dataset / "m.parquet", index=False)
-    sets = load_image_sets(by_manifest(dataset / "m.parquet"))
+    sets = load_manifest(by_manifest(dataset / "m.parquet"))
     assert sets.a[0].caption == "" and sets.b[0].caption == "a dog"
 
 
@@ -160,7 +169,7 @@ def test_missing_rows_are_skipped_and_recorded(dataset: Path):
     rows = [*ROWS, {"path": "images/cats/gone.jpg", "group_name": "cats", "caption": "x"}]
     rows.append({"path": "images/cats", "group_name": "cats"})  # a folder, not a file
     rows.append({"path": "images/cats/000001.jpg", "group_name": "cats"})  # listed twice
-    sets = load_image_sets(by_manifest(write_manifest(dataset, "csv", rows)))
+    sets = load_manifest(by_manifest(write_manifest(dataset, "csv", rows)))
     assert len(sets.a) == 3 and len(sets.b) == 2
     assert sets.skipped == [
         {"uri": str(dataset / "images/cats/gone.jpg"), "set": "a", "reason": "missing"},
@@ -231,7 +240,7 @@ def test_unknown_group_lists_available(tmp_path: Path):
 
 
 def test_real_examples_manifest(examples_dir: Path):
-    sets = load_image_sets(by_manifest(examples_dir / "manifest.csv", YOGA, MEDITATION))
+    sets = load_manifest(by_manifest(examples_dir / "manifest.csv", YOGA, MEDITATION))
     assert len(sets.a) == 100 and len(sets.b) == 100
     assert sum(1 for r in sets.records() if r.caption) == 98
     assert (sets.name_a, sets.name_b) == (YOGA, MEDITATION)
@@ -253,7 +262,7 @@ def test_folders_recursive_filtered_sorted(tmp_path: Path):
     make_image(root / ".hidden.jpg")
     make_image(root / ".cache" / "x.jpg")
     make_image(tmp_path / "set_b" / "only.png")
-    sets = load_image_sets(DataConfig(set_a=str(root), set_b=str(tmp_path / "set_b")))
+    sets = by_folders(str(root), str(tmp_path / "set_b"))
     assert [r.id for r in sets.a] == [
         "a/A.PNG",
         "a/a.tiff",
@@ -274,7 +283,7 @@ def test_folder_relative_path_gives_absolute_uris(tmp_path: Path, monkeypatch):
     make_image(tmp_path / "x" / "1.jpg")
     make_image(tmp_path / "y" / "2.jpg")
     monkeypatch.chdir(tmp_path)
-    sets = load_image_sets(DataConfig(set_a="x/", set_b="./y"))
+    sets = by_folders("x/", "./y")
     assert sets.a[0].uri == str(tmp_path / "x" / "1.jpg")
     assert (sets.name_a, sets.name_b) == ("x", "y")
 
@@ -302,16 +311,10 @@ def test_missing_folder(tmp_path: Path):
 
 
 def test_shared_folders(examples_dir: Path):
-    sets = load_image_sets(
-        DataConfig(set_a=str(examples_dir / "set_a"), set_b=str(examples_dir / "set_b"))
-    )
+    sets = by_folders(str(examples_dir / "set_a"), str(examples_dir / "set_b"))
     assert len(sets.a) == 100 and len(sets.b) == 100
     assert [r.id for r in sets.a] == sorted(r.id for r in sets.a)
     assert sets.a[0].id == "a/000001.jpg" and sets.b[0].id.startswith("b/")
-
-
-def test_no_input_is_an_error():
-    assert "data.manifest" in input_error(DataConfig())
 
 
 # --- filesystem ---------------------------------------------------------------------------
@@ -334,5 +337,12 @@ def test_filesystem_local(tmp_path: Path):
     ]
     with pytest.raises(FileNotFoundError):
         storage.read_bytes(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError):
+        storage.list_files(str(tmp_path / "nothing"), recursive=False)
+    assert storage.list_files(str(tmp_path / "nothing"), recursive=False, missing_ok=True) == []
+    storage.write_bytes(str(tmp_path / "w" / "x.bin"), b"abc")  # creates the folder
+    storage.write_bytes(str(tmp_path / "w" / "x.bin"), b"abcd")  # replaces the whole file
+    assert os.listdir(tmp_path / "w") == ["x.bin"]  # no temp file left behind
+    assert storage.read_bytes(str(tmp_path / "w" / "x.bin")) == b"abcd"
     assert storage.is_remote("s3://bucket/key") and not storage.is_remote("/a/b")
     assert not storage.is_remote("file:///a/b") and not storage.is_remote("rel/x.jpg")

@@ -10,14 +10,9 @@ import pytest
 
 from visdiff import schema
 from visdiff.config import CaptionerConfig, ClipConfig
+from visdiff.pipeline.actors import ClipModelActor, clip_model_actors
 from visdiff.stages.caption import Captioner
-from visdiff.stages.embed import (
-    ClipImageEmbedder,
-    ClipModelActor,
-    ClipPreprocessor,
-    ClipTextEmbedder,
-    clip_model_actors,
-)
+from visdiff.stages.embed import ClipImageEmbedder, ClipPreprocessor, ClipTextEmbedder
 
 N_PHOTOS = 6
 BAD = {"corrupt.jpg", "truncated.jpg", "notes.txt", "missing.jpg"}
@@ -156,9 +151,7 @@ def test_empty_batch_passes_through(clip_cfg, image_embedder):
 
 def test_text_embedder_returns_one_unit_vector_per_text(clip_cfg):
     texts = ["yoga", "meditation", "a mountain", "yoga", "people sitting still"]
-    out = ClipTextEmbedder(clip_cfg)({"text": np.array(texts, dtype=object)})
-    assert list(out["text"]) == texts
-    emb = out[schema.EMBEDDING]
+    emb = ClipTextEmbedder(clip_cfg).embed(texts)
     assert emb.shape == (5, 64) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(emb[0], emb[3], atol=1e-6)  # same text, across chunks

@@ -4,6 +4,7 @@ cannot run here: request building, result mapping, processor config, the missing
 from __future__ import annotations
 
 import base64
+import importlib.util
 
 import pytest
 
@@ -15,7 +16,6 @@ from visdiff.stages.vlm_caption import (
     caption_request,
     caption_result,
     processor_config_kwargs,
-    vllm_installed,
 )
 
 
@@ -51,7 +51,10 @@ def test_processor_config_is_accepted_by_ray_data_llm():
         processor_config_kwargs(CaptionerConfig(kind="vllm", model="x", num_gpus=0))
 
 
-@pytest.mark.skipif(vllm_installed(), reason="checks the message shown when vLLM is absent")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None,
+    reason="checks the message shown when vLLM is absent",
+)
 def test_missing_vllm_is_reported_before_anything_starts():
     config = load_config(None, ["data.set_a=/a", "data.set_b=/b", "models=gpu"])
     with pytest.raises(ModelUnavailableError, match=r"pip install -e '\.\[gpu\]'"):

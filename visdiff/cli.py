@@ -25,7 +25,7 @@ on S3. The same command runs on a laptop (it starts a local Ray) and on a Ray cl
 
 EPILOG = """\
 examples:
-  visdiff demo                        tiny offline models on a generated demo set
+  visdiff demo                        the offline mode (models=offline) on a generated demo set
   visdiff describe data.set_a=photos/cats data.set_b=photos/dogs output_dir=runs/cats
   visdiff describe --config configs/examples_manifest.yaml models=cpu
   visdiff describe data.set_a='s3://bucket/laion/{00000..00099}.tar' \\
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo = add(
         "demo",
-        "make a small demo dataset and describe it (tiny offline models)",
+        "make a small demo dataset and describe it (models=offline: captions, no download)",
         "visdiff demo --root /tmp/visdiff-demo",
     )
     demo.add_argument("--root", type=Path, default=Path("runs/demo"), help="demo data + run folder")
@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
         command.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         command.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    report = add(
+        "report",
+        "re-render report.html from a run folder's own files",
+        "visdiff report runs/cats",
+    )
+    report.add_argument("run_dir", help="the run folder of a describe run (local or s3://)")
     keys = add(
         "keys",
         "list the settings (config keys) with their defaults and descriptions",
@@ -135,12 +141,16 @@ def keys_listing(prefix: str = "") -> list[str]:
 
 
 def _print_summary(result, top_n: int) -> None:
-    print(f"\nTop hypotheses (more true of A than of B), of {len(result.ranked)}:")
-    for row in result.ranked[:top_n]:
-        print(
-            f"  {row['rank']:>2}. {row['hypothesis']}  "
-            f"(AUROC {row['auroc']:.3f}, diff {row['diff']:+.4f}, p {row['p_value']:.2g})"
-        )
+    directions = {"a": "more true of A than of B", "b": "more true of B than of A"}
+    count = sum(1 for row in result.ranked if row["direction"] == "a")
+    for direction, meaning in directions.items():
+        print(f"\nTop hypotheses {meaning} (of {count}; * = significant):")
+        for row in [r for r in result.ranked if r["direction"] == direction][:top_n]:
+            print(
+                f" {'*' if row['significant'] else ' '}{row['rank']:>2}. {row['hypothesis']}  "
+                f"(AUROC {row['auroc']:.3f} [{row['auroc_ci_low']:.3f}, "
+                f"{row['auroc_ci_high']:.3f}], diff {row['diff']:+.4f}, q {row['q_value']:.2g})"
+            )
     if result.metrics:
         m = result.metrics
         print(f"Evaluation: Acc@1 {m['acc@1']:.2f}  Acc@5 {m['acc@5']:.2f}  Acc@N {m['acc@N']:.2f}")
@@ -181,18 +191,16 @@ def _run(args: argparse.Namespace) -> int:
         lines = [render_base_yaml()] if args.yaml else [f"{x}\n" for x in keys_listing(args.prefix)]
         sys.stdout.writelines(lines)
         return 0
-    if args.command == "demo":
-        from visdiff.demo import make_demo_sets
+    if args.command == "report":
+        from visdiff.report.render import write_report
+        from visdiff.report.writers import RunFolder
 
-        set_a, set_b = make_demo_sets(args.root / "data")
-        overrides = [
-            f"data.set_a={set_a}",
-            f"data.set_b={set_b}",
-            f"output_dir={args.root / 'run'}",
-            "overwrite=true",  # the demo owns its run folder: a rerun replaces it
-            "propose.num_samples=8",
-            *_overrides(args),
-        ]
+        print(f"Report: {write_report(RunFolder(args.run_dir))}")
+        return 0
+    if args.command == "demo":
+        from visdiff.demo import demo_overrides
+
+        overrides = [*demo_overrides(args.root), *_overrides(args)]
         config = load_config(None, overrides, base_file=_default_base())
         return run_describe(config, verbose=args.verbose)
     if args.command == "embed":

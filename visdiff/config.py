@@ -20,9 +20,14 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from visdiff.errors import ConfigError
+from visdiff.errors import ConfigError, first_line
 
-PRESETS = ("tiny", "cpu", "gpu")
+PRESETS = ("tiny", "cpu", "gpu", "offline")
+# Model names the config accepts beside hub ids and paths, defined once for every layer.
+TINY = "tiny"  # captioner.model / llm.model: a seeded random model that runs offline
+TINY_CLIP_ARCH = "visdiff-tiny-clip"  # clip.arch: the bundled tiny open_clip architecture
+HF_HUB_PREFIX = "hf-hub:"  # open_clip: weights from a hub repo
+LOCAL_DIR_PREFIX = "local-dir:"  # open_clip: the architecture of a local model folder
 
 
 def setting(default: Any, doc: str) -> Any:
@@ -57,7 +62,7 @@ class DataConfig:
 class ClipConfig:
     """CLIP ranker model (the models preset fills these; override per key)."""
 
-    arch: str = setting("visdiff-tiny-clip", "open_clip model name (or the bundled tiny config)")
+    arch: str = setting(TINY_CLIP_ARCH, "open_clip model name (or the bundled tiny config)")
     pretrained: str | None = setting(
         None, "open_clip tag, hf-hub:..., local checkpoint; null = random init"
     )
@@ -73,11 +78,22 @@ class ClipConfig:
 
 
 @dataclass
+class SentenceConfig:
+    """Sentence-embedding ranker (rank.ranker=sentence): hypotheses against caption texts."""
+
+    model: str = setting(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "hub id or local folder; the default is bundled",
+    )
+    batch_size: int = setting(64, "texts per forward pass")
+
+
+@dataclass
 class CaptionerConfig:
     """Captioner for the sampled images (image-to-text)."""
 
     kind: str = setting("blip", "blip | blip2 (transformers) | vllm (VLM on GPUs via ray.data.llm)")
-    model: str = setting("tiny", 'hub id, local folder, or "tiny" (random init, offline)')
+    model: str = setting(TINY, 'hub id, local folder, or "tiny" (random init, offline)')
     prompt: str | None = setting(None, "optional text prefix for conditional captioning")
     max_new_tokens: int = setting(30, "longest caption, in tokens")
     precision: str = setting("fp32", "fp32 | fp16 | bf16 (fp16/bf16 only on GPU)")
@@ -92,10 +108,11 @@ class LLMConfig:
     """Proposer / judge LLM behind the OpenAI chat-completions protocol."""
 
     backend: str = setting(
-        "serve", "serve: start our Serve app | external: any OpenAI-compatible URL"
+        "serve",
+        "serve: our Serve app | external: OpenAI-compatible URL | none: no LLM",
     )
     engine: str = setting("transformers", "for backend=serve: transformers | vllm")
-    model: str = setting("tiny", 'hub id, local folder, or "tiny" (random init, offline)')
+    model: str = setting(TINY, 'hub id, local folder, or "tiny" (random init, offline)')
     served_model_name: str = setting("visdiff-llm", "model name the Serve app answers to")
     base_url: str | None = setting(None, "external: e.g. https://api.openai.com/v1")
     external_model: str | None = setting(None, "external: model name sent in requests")
@@ -130,8 +147,10 @@ class CaptionConfig:
 class ProposeConfig:
     """Proposer: rounds of captions -> LLM -> bullet list of hypotheses."""
 
-    proposer: str = setting("llm", "registry name")
-    prompt: str = setting("clip_friendly", "prompt template name")
+    prompt: str = setting("clip_friendly", "built-in prompt template: clip_friendly | descriptive")
+    prompt_file: str = setting(
+        "", "your own prompt template file (placeholders: README); empty = propose.prompt"
+    )
     num_rounds: int = setting(3, "LLM rounds, each on a fresh seeded sample")
     num_samples: int = setting(20, "images per set per round")
     max_hypotheses_per_round: int = setting(10, "hypotheses kept from each LLM answer")
@@ -141,7 +160,9 @@ class ProposeConfig:
 class RankConfig:
     """Ranker: CLIP similarity of every image to every hypothesis, AUROC between sets."""
 
-    ranker: str = setting("clip", "registry name")
+    ranker: str = setting(
+        "clip", "clip: images with CLIP | sentence: the input's captions with sentence.model"
+    )
     classify_threshold: float = setting(
         0.3, 'cosine similarity above which an image "shows" a hypothesis'
     )
@@ -152,6 +173,12 @@ class RankConfig:
     histogram_bins: int = setting(
         2048, "bins over [-1, 1]; AUROC error bound shrinks with more bins"
     )
+    alpha: float = setting(
+        0.05, "q-value (Benjamini-Hochberg over all rows, both directions) for `significant`"
+    )
+    ci_level: float = setting(
+        0.95, "level of the DeLong AUROC interval; `significant` also needs its low end > 0.5"
+    )
 
 
 @dataclass
@@ -159,14 +186,18 @@ class EvaluateConfig:
     """Evaluator: an LLM judge scores the top hypotheses against the ground truth."""
 
     enabled: bool = setting(False, "judge the top hypotheses (writes metrics.json)")
-    evaluator: str = setting("llm_judge", "registry name")
     ground_truth_a: str | None = setting(
-        None, "what set A shows; defaults to group_a / folder name"
+        None, "what set A shows; null = a manifest's group_a, else no evaluation"
     )
     ground_truth_b: str | None = setting(
-        None, "what set B shows; defaults to group_b / folder name"
+        None, "what set B shows; null = a manifest's group_b, else no evaluation"
     )
     top_k: int = setting(5, "hypotheses judged (Acc@1, Acc@5 and Acc@N over these)")
+    llm_base_url: str | None = setting(None, "judge LLM's /v1 URL; null = the proposer's endpoint")
+    llm_model: str | None = setting(None, "judge LLM's model name; null = the proposer's model")
+    llm_api_key_env: str | None = setting(
+        None, "env var with the judge's key (never the key); null = llm.api_key_env"
+    )
 
 
 @dataclass
@@ -193,13 +224,15 @@ class RayConfig:
 class ReportConfig:
     """Run-folder report and console summary."""
 
-    thumbnails_per_set: int = setting(8, "sample images per set shown in report.html")
     top_n_print: int = setting(5, "hypotheses printed at the end of the run")
+    evidence_k: int = setting(
+        4, "evidence images per hypothesis and set (best of A and B, worst of the other set)"
+    )
 
 
 @dataclass
 class DescribeConfig:
-    models: str = setting("tiny", "model preset: tiny | cpu | gpu")
+    models: str = setting("tiny", "model preset: tiny | cpu | gpu | offline")
     output_dir: str = setting("runs/latest", "run folder (local or s3://), created if absent")
     overwrite: bool = setting(
         False, "replace an earlier run in output_dir (else a non-empty output_dir is refused)"
@@ -207,6 +240,7 @@ class DescribeConfig:
     seed: int = setting(0, "seed of the per-round samples, the caps and the shard order")
     data: DataConfig = field(default_factory=DataConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    sentence: SentenceConfig = field(default_factory=SentenceConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
@@ -224,12 +258,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "clip.decode": ("auto", "actor", "pool"),
     "captioner.kind": ("blip", "blip2", "vllm"),
     "captioner.precision": ("fp32", "fp16", "bf16"),
-    "llm.backend": ("serve", "external"),
+    "llm.backend": ("serve", "external", "none"),
     "llm.engine": ("transformers", "vllm"),
     "caption.source": ("model", "manifest", "auto"),
-    "propose.proposer": ("llm",),
-    "rank.ranker": ("clip",),
-    "evaluate.evaluator": ("llm_judge",),
+    "rank.ranker": ("clip", "sentence"),
 }
 
 
@@ -272,7 +304,7 @@ def yaml_value(value: Any) -> str:
 
 BASE_YAML_HEADER = """\
 # visdiff: every default, with a comment. Experiment files override these;
-# `key=value` on the command line overrides both. Model presets (tiny/cpu/gpu) are applied
+# `key=value` on the command line overrides both. Model presets (tiny/cpu/gpu/offline) are applied
 # after this file and before the experiment file.
 # Rendered from visdiff/config.py (`visdiff keys --yaml`): edit the descriptions there.
 """
@@ -312,8 +344,7 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise _key_error(key, f"unknown key in {source}") from None
     except OmegaConfBaseException as exc:
         key = str(exc.full_key or exc.key or "?")
-        msg = str(exc).splitlines()[0]
-        raise ConfigError(f"config key '{key}' in {source}: {msg}") from None
+        raise ConfigError(f"config key '{key}' in {source}: {first_line(exc)}") from None
 
 
 def _load_yaml(path: Path, what: str) -> DictConfig:
@@ -465,6 +496,7 @@ BOUNDS: dict[str, Bound] = {
     "clip.num_decoders": ACTORS,
     "clip.num_cpus": CPUS,
     "clip.num_gpus": GPUS,
+    "sentence.batch_size": BATCH,
     "captioner.max_new_tokens": Bound(1, 4096),
     "captioner.batch_size": BATCH,
     "captioner.num_actors": ACTORS,
@@ -483,11 +515,13 @@ BOUNDS: dict[str, Bound] = {
     "rank.classify_threshold": Bound(-1, 1, note="cosine similarity"),
     "rank.exact_cap": Bound(1, 10**9),
     "rank.histogram_bins": Bound(2, 10**6),
+    "rank.alpha": Bound(0, 1, open_low=True),
+    "rank.ci_level": Bound(0.5, 0.9999),
     "evaluate.top_k": Bound(1, 1000),
     "ray.num_cpus": Bound(0, 100_000, note="0 or null = max(4, cores)"),
     "ray.object_store_memory_mb": Bound(0, 10**8, note="0 or null = Ray's default"),
-    "report.thumbnails_per_set": Bound(0, 1000),
     "report.top_n_print": Bound(0, 1000),
+    "report.evidence_k": Bound(1, 100),
 }
 MIN_OBJECT_STORE_MB = 75  # Ray refuses a smaller object store
 
@@ -539,6 +573,20 @@ def _check_base_url(url: str | None) -> None:
         )
 
 
+def _check_offline(config: DescribeConfig) -> None:
+    """The sentence ranker reads the input's captions; without an LLM there is no judge."""
+    if config.rank.ranker == "sentence" and config.caption.source == "model":
+        raise ConfigError(
+            "rank.ranker=sentence ranks the input's own captions (manifest column, alt-text): "
+            "set caption.source=manifest or auto"
+        )
+    if config.llm.backend == "none" and config.evaluate.enabled:
+        raise ConfigError(
+            "evaluate.enabled needs the LLM judge but llm.backend=none runs without an LLM: "
+            "set evaluate.enabled=false, or llm.backend=external with llm.base_url"
+        )
+
+
 def validate(config: DescribeConfig) -> None:
     """Ranges and cross-field checks that types alone cannot express; raises ConfigError naming
     the key and what it allows, before any model or Ray starts."""
@@ -572,6 +620,7 @@ def validate(config: DescribeConfig) -> None:
     _check_bounds(config)
     _check_text_template(config.rank.text_template)
     _check_base_url(config.llm.base_url)
+    _check_offline(config)
     if config.llm.backend == "external" and not config.llm.base_url:
         raise ConfigError("llm.backend=external needs llm.base_url (an OpenAI-compatible /v1 URL)")
     if not config.llm.route_prefix.startswith("/"):

@@ -18,16 +18,25 @@ SET_A = "a"
 SET_B = "b"
 SETS = (SET_A, SET_B)
 
-# Ranked table columns (ranked.json / ranked.parquet), best first.
+# Ranked table columns (ranked.json / ranked.parquet): one row per hypothesis and direction
+# ("a": more true of A than of B; "b": the reverse), best first within each direction. Statistics
+# are oriented to the row's direction; see visdiff.rank.significance.
 RANKED_COLUMNS = (
     "rank",
+    "direction",
     "hypothesis",
     "auroc",
+    "auroc_ci_low",
+    "auroc_ci_high",
+    "auroc_error_bound",
+    "auroc_exact",
+    "p_value",
+    "q_value",
+    "significant",
     "mean_a",
     "mean_b",
     "diff",
     "t_stat",
-    "p_value",
     "correct_delta",
     "n_a",
     "n_b",
@@ -41,6 +50,7 @@ RUN_FILES = (
     "ranked.json",
     "ranked.parquet",
     "stats.json",
+    "evidence.parquet",
     "report.html",
     "status.json",
 )

@@ -4,7 +4,8 @@ Layout: `<root>/<model_key>/bucket=<xx>/<uuid4>.parquet`, `xx` being the first h
 content hash. Writers only ever create new files under fresh names (a temp name renamed into
 place locally; one PUT on object stores), so concurrent writers on many nodes never conflict and
 a killed writer leaves at most an ignored temp file. Readers tolerate duplicates (identical by
-construction), files that vanish (compaction) and unreadable files (skipped with a warning).
+construction), files that vanish (deleted by hand) and unreadable files (skipped, warned).
+All byte access goes through `visdiff.io.storage`, local folders and object stores alike.
 
 Each instance keeps the buckets it has read in memory, bounded by an LRU on count and bytes, and
 re-lists a bucket only when asked for a hash it does not hold, reading just the files it has not
@@ -30,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visdiff.io.storage import is_remote, local_path, remote_filesystem
+from visdiff.io import storage
 
 logger = logging.getLogger(__name__)
 
@@ -47,79 +48,6 @@ _ROW_OVERHEAD = 120  # rough bytes of Python objects per cached row (dict slot, 
 def _visible(name: str) -> bool:
     """Data files only: temp files of in-flight or killed writers start with '.' or '_'."""
     return name.endswith(_SUFFIX) and not name.startswith((".", "_"))
-
-
-class _Storage:
-    """Listing, reading, atomic writing and deleting of files under one root, local or remote."""
-
-    def __init__(self, root: str) -> None:
-        self.remote = is_remote(root)
-        if self.remote:
-            self.fs, self.base = remote_filesystem(root)
-        else:
-            self.fs, self.base = None, os.path.abspath(local_path(root))
-
-    def join(self, *parts: str) -> str:
-        return "/".join([self.base.rstrip("/"), *parts])
-
-    def list(self, folder: str, *, dirs: bool = False) -> dict[str, int]:
-        """{name: size} of the files (or folders) directly in `folder`; {} when it is absent."""
-        if not self.remote:
-            found: dict[str, int] = {}
-            try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        try:
-                            if dirs and entry.is_dir():
-                                found[entry.name] = 0
-                            elif not dirs and entry.is_file():
-                                found[entry.name] = entry.stat().st_size
-                        except FileNotFoundError:  # renamed or deleted while listing
-                            continue
-            except FileNotFoundError:
-                return {}
-            return found
-        from pyarrow import fs as pafs
-
-        selector = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
-        wanted = pafs.FileType.Directory if dirs else pafs.FileType.File
-        infos = self.fs.get_file_info(selector)
-        return {info.base_name: int(info.size or 0) for info in infos if info.type == wanted}
-
-    def read(self, path: str) -> bytes:
-        if not self.remote:
-            with open(path, "rb") as handle:
-                return handle.read()
-        with self.fs.open_input_stream(path) as stream:
-            return stream.read()
-
-    def write(self, folder: str, name: str, data: bytes) -> None:
-        """Create `folder/name` atomically: readers see the whole file or nothing."""
-        if self.remote:  # a single PUT (or completed multipart upload) is atomic
-            with self.fs.open_output_stream(f"{folder}/{name}") as out:
-                out.write(data)
-            return
-        os.makedirs(folder, exist_ok=True)
-        temp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(data)
-            os.replace(temp, os.path.join(folder, name))
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
-
-    def delete(self, path: str) -> None:
-        try:
-            if self.remote:
-                self.fs.delete_file(path)
-            else:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 @dataclass
@@ -178,8 +106,8 @@ class _ParquetStore:
         self._max_bytes = max_cached_bytes
         self._relist_after_s = relist_after_s
         self._io_threads = max(1, io_threads)
-        self._storage = _Storage(root)
-        self._model_dir = self._storage.join(model_key)
+        base = root if storage.is_remote(root) else os.path.abspath(storage.local_path(root))
+        self._model_dir = f"{base.rstrip('/')}/{model_key}"
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._cached_bytes = 0
         self._bad_files: set[str] = set()
@@ -256,14 +184,15 @@ class _ParquetStore:
                 if rows:
                     writes.append((name, rows))
             pending: list[tuple[str, _FileRows]] = []
-            uploads: list[tuple[str, str, bytes]] = []
+            uploads: list[tuple[str, bytes]] = []
             for name, rows in writes:
                 column, cached, nbytes = self._take(values, rows)
                 rows_hashes = [hashes[row] for row in rows]
                 file_name = f"{uuid.uuid4().hex}{_SUFFIX}"
-                uploads.append((self._folder(name), file_name, self._encode(rows_hashes, column)))
+                path = f"{self._folder(name)}/{file_name}"
+                uploads.append((path, self._encode(rows_hashes, column)))
                 pending.append((name, _FileRows(file_name, rows_hashes, cached, nbytes)))
-            self._map(self._storage.write, uploads)
+            self._map(storage.write_bytes, uploads)
             for name, rows in pending:
                 self._merge(name, [rows])
             written = sum(len(rows.hashes) for _, rows in pending)
@@ -287,27 +216,6 @@ class _ParquetStore:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-
-    def compact(self, bucket: str | None = None) -> int:
-        """Rewrite each bucket's files (or one bucket's) into one file; returns files removed.
-
-        The merged file is written before the old ones are deleted, so readers find every row
-        in either state; files being written meanwhile are not touched. Unreadable files are
-        left in place for a person to inspect.
-        """
-        if bucket is None:
-            listed = self._storage.list(self._model_dir, dirs=True)
-            names = sorted(n[len(BUCKET_PREFIX) :] for n in listed if n.startswith(BUCKET_PREFIX))
-        else:
-            names = [bucket.removeprefix(BUCKET_PREFIX)]
-        removed = 0
-        with self._lock:
-            for name in names:
-                if len(name) != self._prefix_chars or not _HEX.fullmatch(name):
-                    raise ValueError(f"bucket '{name}' is not {self._prefix_chars} hex chars")
-                removed += self._compact_bucket(name)
-            self._evict()
-        return removed
 
     # --- internals ------------------------------------------------------------------------
     def _encode(self, hashes: list[str], column: pa.Array) -> bytes:
@@ -369,11 +277,17 @@ class _ParquetStore:
             for key, amount in amounts.items():
                 self._stats[key] += amount
 
+    @staticmethod
+    def _list(folder: str) -> list[str]:
+        """Names of the files directly in a bucket folder; [] before its first write."""
+        paths = storage.list_files(folder, recursive=False, missing_ok=True)
+        return [path.rsplit("/", 1)[-1] for path in paths]
+
     def _refresh(self, names: Sequence[str]) -> None:
         """List the buckets and merge the files not read before."""
         if not names:
             return
-        listings = self._map(self._storage.list, [(self._folder(n),) for n in names])
+        listings = self._map(self._list, [(self._folder(n),) for n in names])
         self._count(lists=len(names))
         now = time.monotonic()
         reads: list[tuple[str, str]] = []
@@ -400,8 +314,8 @@ class _ParquetStore:
         """Rows of one data file; None when it vanished or cannot be parsed (then warned)."""
         path = f"{self._folder(name)}/{file_name}"
         try:
-            data = self._storage.read(path)
-        except FileNotFoundError:  # compacted away after listing: its rows live in a new file
+            data = storage.read_bytes(path)
+        except FileNotFoundError:  # deleted after listing (a person cleaning the cache)
             return None
         self._count(files_read=1, bytes_read=len(data))
         try:
@@ -439,42 +353,6 @@ class _ParquetStore:
         ):
             _, bucket = self._buckets.popitem(last=False)
             self._cached_bytes -= bucket.nbytes
-
-    def _compact_bucket(self, name: str) -> int:
-        folder = self._folder(name)
-        names = sorted(
-            n
-            for n in self._storage.list(folder)
-            if _visible(n) and f"{folder}/{n}" not in self._bad_files
-        )
-        if len(names) < 2:
-            return 0
-        loaded = self._map(self._read_file, [(name, f) for f in names])
-        files = [rows for rows in loaded if rows is not None]
-        merged: dict[str, Any] = {}
-        for rows in files:
-            if rows.values:
-                self._check_compatible(rows.values[:1], f"{folder}/{rows.name}")
-            for content_hash, value in zip(rows.hashes, rows.values, strict=True):
-                merged.setdefault(content_hash, value)
-        if len(files) < 2 or not merged:
-            return 0
-        ordered = sorted(merged)
-        column, _, _ = self._take(
-            self._stack([merged[h] for h in ordered]), list(range(len(ordered)))
-        )
-        file_name = f"{uuid.uuid4().hex}{_SUFFIX}"
-        self._storage.write(folder, file_name, self._encode(ordered, column))
-        self._count(files_written=1)
-        self._map(self._storage.delete, [(f"{folder}/{rows.name}",) for rows in files])
-        # The merged rows equal what was read; remember the new file so it is not re-read.
-        self._merge(name, [*files])
-        self._bucket(name).files.add(file_name)
-        return len(files)
-
-    def _stack(self, values: list[Any]) -> Any:
-        """Inverse of per-row cached values: the `put` input form (used by compaction)."""
-        return values
 
 
 class EmbeddingCache(_ParquetStore):
@@ -541,9 +419,6 @@ class EmbeddingCache(_ParquetStore):
             pa.array(selected.reshape(-1), pa.float32()), selected.shape[1]
         )
         return column, list(selected), selected.nbytes
-
-    def _stack(self, values: list[Any]) -> np.ndarray:
-        return np.stack(values) if values else np.zeros((0, self.dim or 0), np.float32)
 
 
 class CaptionCache(_ParquetStore):

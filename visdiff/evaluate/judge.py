@@ -1,9 +1,10 @@
 """LLM-as-judge evaluation of ranked hypotheses (VisDiff's Acc@k).
 
-A judge LLM scores each hypothesis against the known difference between the sets:
-2 = matches, 1 = partially matches / related, 0 = no match. Acc@k is the best score among the
-top k hypotheses, scaled to [0, 1]. An answer without a readable score counts as 0 and is
-reported as unparsed: it is never guessed.
+A judge LLM scores each hypothesis against the known difference between the sets, with the
+paper's rubric: 2 = it names the difference; 1 = it is more true of A than of B but broader or
+narrower than the difference (a superset or a subset of it); 0 = otherwise. Acc@k is the best
+score among the top k hypotheses, scaled to [0, 1]. An answer without a readable score counts as
+0 and is reported as unparsed: it is never guessed.
 """
 
 from __future__ import annotations
@@ -21,19 +22,29 @@ _SYSTEM = (
     "difference. You answer with a single digit."
 )
 
+# The paper's rubric and worked example, in our words (with an example of our own).
 _USER = """\
-Two sets of images differ in a known way.
-Set A shows: {ground_truth_a}
-Set B shows: {ground_truth_b}
+I am evaluating a system that describes how two groups of images differ. Its goal is a concept \
+that is more true of the images in Group A than of the images in Group B.
 
-A model proposed the following concept, meant to be more true of set A than of set B:
+The true difference:
+Group A: {ground_truth_a}
+Group B: {ground_truth_b}
+
+The system proposed this concept for Group A:
 {hypothesis}
 
-Does the proposed concept match the true difference?
-2 = it matches: it states the true difference, possibly in other words.
-1 = it partially matches: it is related to the true difference, but too broad, too narrow \
-or only part of it.
-0 = it does not match the true difference, or it describes set B rather than set A.
+Score how well the proposed concept matches the true difference of Group A:
+2 = it matches: it names what sets Group A apart, possibly in other words.
+1 = it partly matches: it is more true of Group A than of Group B, but it is broader than the \
+true difference (a superset of it) or narrower (a subset of it).
+0 = it does not match: it is unrelated, as true of Group B as of Group A, or more true of \
+Group B.
+
+Worked example: Group A is "cats sleeping on sofas" and Group B is "cats playing outdoors".
+- "cats asleep on a couch" and "sleeping cats indoors" score 2.
+- "a tabby cat napping on a leather sofa" (narrower) and "animals resting" (broader) score 1.
+- "cats in a garden" and "dogs" score 0.
 
 Answer with a single digit (0, 1 or 2) and nothing else."""
 

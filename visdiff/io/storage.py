@@ -1,4 +1,5 @@
-"""Byte access for local paths and object-store URIs behind one small API.
+"""Byte access for local paths and object-store URIs behind one small API: the one storage layer
+of sources, the per-image cache and run folders.
 
 Local paths use the OS directly (fast, relative paths work); anything with a scheme goes through
 `pyarrow.fs`. Filesystem objects are cached per (scheme, bucket) because creating an S3 client
@@ -10,10 +11,11 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from pyarrow import NativeFile
     from pyarrow.fs import FileSystem
 
 _cache: dict[tuple[str, str], FileSystem] | None = None  # created on first remote access
@@ -135,27 +137,63 @@ def is_file(uri: str) -> bool:
     return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
-def list_files(uri: str, *, recursive: bool = True) -> list[str]:
+def list_files(uri: str, *, recursive: bool = True, missing_ok: bool = False) -> list[str]:
     """Sorted paths/URIs of the regular files under a folder (same form as `uri`).
 
-    Local symlinks to files are listed; symlinked folders are not followed (avoids loops).
+    Local symlinks to files are listed; symlinked folders are not followed (avoids loops). A
+    missing folder raises FileNotFoundError, or gives [] with `missing_ok`.
     """
     if not is_remote(uri):
         root = local_path(uri)
         found: list[str] = []
-        if recursive:
-            for folder, _dirs, names in os.walk(root):
-                found.extend(os.path.join(folder, name) for name in names)
-        else:
-            with os.scandir(root) as entries:
-                found.extend(e.path for e in entries if e.is_file())
+        try:
+            if recursive:
+                for folder, _dirs, names in os.walk(root):
+                    found.extend(os.path.join(folder, name) for name in names)
+            else:
+                with os.scandir(root) as entries:
+                    found.extend(e.path for e in entries if e.is_file())
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
         return sorted(p for p in found if os.path.isfile(p))
     from pyarrow import fs as pafs
 
     filesystem, path = _remote(uri)
-    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=False)
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=missing_ok)
     infos = filesystem.get_file_info(selector)
     return sorted(_join_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)
+
+
+def entry_names(uri: str) -> list[str]:
+    """Names directly inside a folder (files and folders); [] when it does not exist.
+    NotADirectoryError when `uri` is a file."""
+    if not is_remote(uri):
+        root = local_path(uri)
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise NotADirectoryError(root)
+        return sorted(os.listdir(root)) if os.path.isdir(root) else []
+    from pyarrow import fs as pafs
+
+    filesystem, path = _remote(uri)
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        raise NotADirectoryError(uri)
+    selector = pafs.FileSelector(path, allow_not_found=True)
+    return sorted(info.base_name for info in filesystem.get_file_info(selector))
+
+
+def delete_file(uri: str) -> None:
+    if is_remote(uri):
+        filesystem, path = _remote(uri)
+        filesystem.delete_file(path)
+    else:
+        os.remove(local_path(uri))
+
+
+def make_folder(uri: str) -> None:
+    """Create a local folder (and parents); object stores have no folders to create."""
+    if not is_remote(uri):
+        os.makedirs(local_path(uri), exist_ok=True)
 
 
 def remote_filesystem(uri: str) -> tuple[FileSystem, str]:
@@ -163,9 +201,31 @@ def remote_filesystem(uri: str) -> tuple[FileSystem, str]:
     return _remote(uri)
 
 
+def open_stream(uri: str, *, buffer_size: int = 0) -> BinaryIO:
+    """A sequential byte stream the caller closes; remote reads are buffered by `buffer_size`
+    (one GET per buffer instead of per small read). Never decompresses: the caller decides."""
+    if not is_remote(uri):
+        return open(local_path(uri), "rb")
+    filesystem, path = _remote(uri)
+    return filesystem.open_input_stream(path, compression=None, buffer_size=buffer_size or None)
+
+
+def open_file(uri: str) -> NativeFile:
+    """A random-access file (seek + read), as Parquet readers need for footer and columns."""
+    import pyarrow as pa
+
+    if not is_remote(uri):
+        return pa.OSFile(local_path(uri))
+    filesystem, path = _remote(uri)
+    return filesystem.open_input_file(path)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object/file. Local: temp file + rename (a killed writer leaves no partial
-    file under the final name). Remote: one PUT, which object stores apply atomically."""
+    """Write a whole object/file atomically: readers see all of it or nothing.
+
+    Local: a temp name (hidden, per process) renamed into place, so a killed writer leaves no
+    partial file under the final name. Remote: one PUT, which object stores apply atomically.
+    """
     if is_remote(uri):
         filesystem, path = _remote(uri)
         with filesystem.open_output_stream(path) as out:
@@ -174,7 +234,14 @@ def write_bytes(uri: str, data: bytes) -> None:
     path = local_path(uri)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

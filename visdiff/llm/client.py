@@ -1,31 +1,54 @@
 """Chat clients: the proposer and the judge talk to any LLM only through `ChatClient`.
 
-`HTTPChatClient` speaks the OpenAI chat-completions protocol, so our Serve app, a vLLM server and
-OpenAI itself are interchangeable. A failed call raises `LLMError`; error text is never returned
-as if it were the model's answer. The API key never appears in messages, logs or repr.
+`HTTPChatClient` wraps the `openai` SDK, so our Serve app, a vLLM server and OpenAI itself are
+interchangeable; the SDK does the retries (connection errors, 408/409/429/5xx, with backoff that
+honours `Retry-After`) and parses the typed `ChatCompletion`. What visdiff adds: a failed call
+raises `LLMError` with one line naming the endpoint and the fix, error text is never returned as
+if it were the model's answer, and the API key never appears in messages, logs or repr.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
+import openai
+from openai.types.chat import ChatCompletion
 
-from visdiff.errors import LLMError
+from visdiff.errors import LLMError, first_line
 
-logger = logging.getLogger(__name__)
-
-_RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 _MAX_ERROR_CHARS = 500
-_MAX_BACKOFF_S = 30.0
+# Local servers need no key, but the SDK insists on one: this one is sent and ignored.
+_NO_KEY = "no-key"
+_FIXES = {
+    401: "check the key in the env var named by llm.api_key_env",
+    403: "check the key in the env var named by llm.api_key_env",
+    404: "check llm.base_url and the model name the server answers to",
+    429: "the server is rate limiting: lower the load or raise the quota",
+}
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """One answer and why generation stopped: "stop", or "length" when cut at max_tokens."""
+
+    text: str
+    finish_reason: str | None
 
 
 @runtime_checkable
 class ChatClient(Protocol):
-    """Anything that turns chat messages into one answer string."""
+    """Anything that turns chat messages into one answer."""
+
+    def reply(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None = None,
+    ) -> ChatReply: ...
 
     def complete(
         self,
@@ -38,12 +61,7 @@ class ChatClient(Protocol):
 
 
 class HTTPChatClient:
-    """Client for an OpenAI-compatible `/v1` endpoint.
-
-    Retries connection failures, 408/409/429 and 5xx answers with exponential backoff (honouring
-    `Retry-After`); other 4xx answers fail at once because repeating them cannot help. Read
-    timeouts are not retried: a generation that took `timeout_s` once will likely do so again.
-    """
+    """Client for an OpenAI-compatible `/v1` endpoint; `max_retries` retries after the first try."""
 
     def __init__(
         self,
@@ -53,7 +71,6 @@ class HTTPChatClient:
         api_key: str | None = None,
         timeout_s: float = 300.0,
         max_retries: int = 2,
-        backoff_s: float = 0.5,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise LLMError(f"LLM base_url '{base_url}' must start with http:// or https://")
@@ -63,9 +80,8 @@ class HTTPChatClient:
         self.model = model
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
-        self.backoff_s = float(backoff_s)
         self._api_key = api_key or None
-        self._http: httpx.Client | None = None
+        self._sdk: openai.OpenAI | None = None
 
     @classmethod
     def from_env(
@@ -91,36 +107,32 @@ class HTTPChatClient:
         key = "***" if self._api_key else None
         return f"HTTPChatClient(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
 
-    # The httpx client holds sockets: rebuild it lazily after pickling (e.g. into Ray tasks).
+    # The SDK client holds sockets: rebuild it lazily after pickling (e.g. into Ray tasks).
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_http"] = None
+        state["_sdk"] = None
         return state
 
-    def _client(self) -> httpx.Client:
-        if self._http is None:
-            headers = {"Content-Type": "application/json"}
-            if self._api_key:
-                headers["Authorization"] = f"Bearer {self._api_key}"
-            self._http = httpx.Client(headers=headers, timeout=self.timeout_s)
-        return self._http
+    def _client(self) -> openai.OpenAI:
+        if self._sdk is None:
+            self._sdk = openai.OpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key or _NO_KEY,
+                timeout=self.timeout_s,
+                max_retries=self.max_retries,
+            )
+        return self._sdk
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._sdk is not None:
+            self._sdk.close()
+            self._sdk = None
 
     def __enter__(self) -> HTTPChatClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _scrub(self, text: str) -> str:
-        """Servers sometimes echo the key they rejected; never let it into an exception."""
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text
 
     def complete(
         self,
@@ -130,109 +142,91 @@ class HTTPChatClient:
         max_tokens: int,
         seed: int | None = None,
     ) -> str:
-        body: dict[str, Any] = {
+        """The answer's text (see `reply` for why it stopped)."""
+        return self.reply(messages, temperature=temperature, max_tokens=max_tokens, seed=seed).text
+
+    def reply(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None = None,
+    ) -> ChatReply:
+        request: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "temperature": temperature,
             "max_tokens": max_tokens,
         }
         if seed is not None:
-            body["seed"] = seed
-        data = self._post_with_retries(body)
-        return self._answer_text(data)
+            request["seed"] = seed
+        try:
+            completion = self._client().chat.completions.create(**request)
+        except openai.APIError as exc:
+            raise self._error(exc) from None
+        return self._reply_of(completion)
 
-    def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
-        attempt = 0
-        while True:
-            delay: float | None = None
-            try:
-                response = self._client().post(self.url, json=body)
-            except httpx.ReadTimeout as exc:
-                raise LLMError(
-                    f"LLM endpoint {self.url} did not answer within {self.timeout_s:g} s "
-                    f"({type(exc).__name__}); raise llm.timeout_s or use a faster model"
-                ) from None
-            except httpx.TransportError as exc:
-                if attempt >= self.max_retries:
-                    raise LLMError(
-                        f"cannot reach LLM endpoint {self.url} after {attempt + 1} attempt(s): "
-                        f"{self._scrub(str(exc)) or type(exc).__name__}; is the server running "
-                        "and llm.base_url right?"
-                    ) from None
-            else:
-                if response.status_code < 400:
-                    return self._json(response)
-                if response.status_code not in _RETRY_STATUS or attempt >= self.max_retries:
-                    raise LLMError(
-                        f"LLM endpoint {self.url} answered HTTP {response.status_code} "
-                        f"after {attempt + 1} attempt(s): {self._error_message(response)}"
-                    )
-                delay = _retry_after(response)
-            if delay is None:
-                delay = self.backoff_s * (2**attempt)
-            delay = min(delay, _MAX_BACKOFF_S)
-            logger.warning(
-                "LLM request to %s failed (attempt %d of %d); retrying in %.2f s",
-                self.url,
-                attempt + 1,
-                self.max_retries + 1,
-                delay,
+    def _scrub(self, text: str) -> str:
+        """Servers sometimes echo the key they rejected; never let it into an exception."""
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return text
+
+    def _error(self, exc: openai.APIError) -> LLMError:
+        tries = f"{self.max_retries + 1} attempt(s)"
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMError(
+                f"LLM endpoint {self.url} did not answer within {self.timeout_s:g} s "
+                f"({tries}); raise llm.timeout_s or use a faster model"
             )
-            time.sleep(delay)
-            attempt += 1
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return LLMError(
+                f"cannot reach LLM endpoint {self.url} after {tries}: "
+                f"{self._scrub(first_line(cause, typed=True))}; is the server running and "
+                "llm.base_url right?"
+            )
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            fix = _FIXES.get(status)
+            if fix is None and (status >= 500 or status in (408, 409)):
+                fix = f"the server failed after {tries}; see its log"
+            return LLMError(
+                f"LLM endpoint {self.url} answered HTTP {status}: "
+                f"{self._server_message(exc)}" + (f"; {fix}" if fix else "")
+            )
+        return LLMError(
+            f"LLM endpoint {self.url} answered something that is not a chat completion: "
+            f"{self._scrub(first_line(exc, _MAX_ERROR_CHARS))}"
+        )
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
-        try:
-            data = response.json()
-        except ValueError:
-            raise LLMError(
-                f"LLM endpoint {self.url} answered HTTP {response.status_code} with a body that "
-                f"is not JSON: {self._scrub(response.text[:_MAX_ERROR_CHARS])!r}"
-            ) from None
-        if not isinstance(data, dict):
-            raise LLMError(f"LLM endpoint {self.url} answered JSON that is not an object")
-        return data
-
-    def _error_message(self, response: httpx.Response) -> str:
-        """The server's own words: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, text."""
+    def _server_message(self, exc: openai.APIStatusError) -> str:
+        """The server's own words: OpenAI's error message, FastAPI's `detail`, else the body."""
+        body = exc.body
         message: Any = None
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            error = data.get("error")
-            if isinstance(error, dict):
-                message = error.get("message")
-            elif isinstance(error, str):
-                message = error
-            if message is None:
-                message = data.get("detail") or data.get("message")
-        if message is None:
-            message = response.text or response.reason_phrase
-        return self._scrub(str(message)[:_MAX_ERROR_CHARS])
+        if isinstance(body, dict):
+            message = body.get("message") or body.get("detail")
+            if isinstance(body.get("error"), (dict, str)):
+                error = body["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+        if not message:
+            message = exc.response.text or exc.response.reason_phrase
+        return self._scrub(first_line(str(message), _MAX_ERROR_CHARS))
 
-    def _answer_text(self, data: dict[str, Any]) -> str:
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices:
+    def _reply_of(self, completion: Any) -> ChatReply:
+        if not isinstance(completion, ChatCompletion):
+            raise LLMError(
+                f"LLM endpoint {self.url} answered JSON that is not an object with choices: "
+                f"{self._scrub(first_line(str(completion), _MAX_ERROR_CHARS))!r}"
+            )
+        if not completion.choices:
             raise LLMError(f"LLM endpoint {self.url} answered without choices: nothing to use")
-        first = choices[0]
-        message = first.get("message") if isinstance(first, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
+        choice = completion.choices[0]
+        content = choice.message.content if choice.message is not None else None
         if not isinstance(content, str):
-            reason = first.get("finish_reason") if isinstance(first, dict) else None
             raise LLMError(
                 f"LLM endpoint {self.url} answered without text content "
-                f"(finish_reason={reason!r}); a refusal or tool call cannot be used"
+                f"(finish_reason={choice.finish_reason!r}); a refusal or tool call cannot be used"
             )
-        return content
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+        return ChatReply(content, choice.finish_reason)

@@ -10,13 +10,10 @@ import difflib
 import os
 from pathlib import Path
 
-from visdiff.config import DescribeConfig
-from visdiff.errors import ModelUnavailableError
+from visdiff.config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, TINY, DescribeConfig
+from visdiff.errors import ModelUnavailableError, first_line
 
-TINY = "tiny"
 HUB_TIMEOUT_S = 10.0
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
 _TRUE = {"1", "true", "yes", "on"}
 # open_clip's default weight file names on the hub (safetensors preferred, as open_clip does).
 _OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -39,12 +36,6 @@ def _unavailable(
         f"{role} model '{model_id}' ({key}, preset models={preset}) is unavailable: {why}. "
         f"Fix: {_fix(key)}"
     )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text[:160]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _in_hf_cache(repo_id: str, filenames: tuple[str, ...]) -> bool:
@@ -86,7 +77,11 @@ def check_hub_repo(
         _ask_hub(repo_id)
     except Exception as exc:
         raise _unavailable(
-            role, name, key, preset, f"not cached, hub unreachable: {_short(exc)}"
+            role,
+            name,
+            key,
+            preset,
+            f"not cached, hub unreachable: {first_line(exc, typed=True)}",
         ) from None
 
 
@@ -198,7 +193,11 @@ def _check_clip_tag(arch: str, tag: str, tag_cfg: dict, preset: str) -> None:
         httpx.head(url, timeout=HUB_TIMEOUT_S, follow_redirects=True).raise_for_status()
     except Exception as exc:
         raise _unavailable(
-            "CLIP", model_id, "clip.pretrained", preset, f"not cached, unreachable: {_short(exc)}"
+            "CLIP",
+            model_id,
+            "clip.pretrained",
+            preset,
+            f"not cached, unreachable: {first_line(exc, typed=True)}",
         ) from None
 
 
@@ -222,7 +221,13 @@ def check_models_available(config: DescribeConfig) -> None:
     """Raise ModelUnavailableError for the first model of the run that cannot be obtained."""
     preset = config.models
     check_engines_installed(config)
-    check_clip_available(config.clip.arch, config.clip.pretrained, preset)
+    if config.rank.ranker == "sentence":  # captions ranked with a sentence model, not CLIP
+        from visdiff.models.sentence import model_source
+
+        source = model_source(config.sentence.model)
+        check_model_available("sentence", source, "sentence.model", preset)
+    else:
+        check_clip_available(config.clip.arch, config.clip.pretrained, preset)
     if config.caption.source != "manifest":  # manifest captions never load the captioner
         check_model_available("captioner", config.captioner.model, "captioner.model", preset)
     if config.llm.backend == "serve":

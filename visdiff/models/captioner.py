@@ -23,11 +23,10 @@ from transformers import (
     BlipProcessor,
 )
 
-from visdiff.config import CaptionerConfig
+from visdiff.config import TINY, CaptionerConfig
 from visdiff.errors import ConfigError
 from visdiff.models.device import pick_device, torch_dtype
 
-TINY = "tiny"
 TINY_IMAGE_SIZE = 32
 INIT_SEED = 0
 

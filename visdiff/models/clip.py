@@ -14,13 +14,10 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from visdiff.config import ClipConfig
+from visdiff.config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, TINY_CLIP_ARCH, ClipConfig
 from visdiff.models.device import pick_device, precision_name, torch_dtype
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-TINY_ARCH = "visdiff-tiny-clip"
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
 INIT_SEED = 0  # random-init weights (tiny model) must match across actors and processes
 
 _registered = False
@@ -41,7 +38,7 @@ def register_bundled_configs() -> None:
     global _registered
     if _registered:
         return
-    if TINY_ARCH not in open_clip.list_models():
+    if TINY_CLIP_ARCH not in open_clip.list_models():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
     _registered = True
 

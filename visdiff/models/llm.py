@@ -1,26 +1,27 @@
 """Causal chat LLM for the Serve app: load (hub id, local folder or a tiny random model) and
 generate one answer.
 
-Generation is a short explicit decoding loop rather than `model.generate`, because sampling must
-draw from a `torch.Generator` seeded per request: the global RNG is shared by the threads that
-serve concurrent requests, so seeding it would not make answers reproducible.
+Decoding is transformers' `generate()`. Its sampler draws from the global RNG, which the threads
+serving concurrent requests share, so seeding it would not make an answer reproducible: instead
+`generate()` runs greedy over scores on which `_SeededDraw` has already picked the one token,
+drawn from a `torch.Generator` seeded per request.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from visdiff.errors import InputError, ModelUnavailableError
+from visdiff.config import TINY
+from visdiff.errors import InputError, ModelUnavailableError, first_line
 from visdiff.models.device import pick_device, torch_dtype
 
 logger = logging.getLogger(__name__)
 
-TINY = "tiny"
 TINY_SEED = 0
 # A plain role-tagged template: enough for `apply_chat_template` on a tokenizer that has none.
 SIMPLE_CHAT_TEMPLATE = (
@@ -75,7 +76,7 @@ def _pretrained_model(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(
-            f"LLM '{name}' cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"LLM '{name}' cannot be loaded ({first_line(exc, typed=True)}); "
             "give a local folder with the weights, download it with `hf download` while online, "
             "or use llm.model=tiny"
         ) from None
@@ -98,7 +99,7 @@ def load_chat_model(model: str, *, num_gpus: float = 0, precision: str = "fp32")
     return ChatModelBundle(model=net, tokenizer=tokenizer, device=device)
 
 
-def _eos_ids(bundle: ChatModelBundle) -> set[int]:
+def _eos_ids(bundle: ChatModelBundle) -> list[int]:
     ids: set[int] = set()
     for source in (bundle.model.generation_config, bundle.model.config, bundle.tokenizer):
         value = getattr(source, "eos_token_id", None)
@@ -106,31 +107,43 @@ def _eos_ids(bundle: ChatModelBundle) -> set[int]:
             ids.add(value)
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
-    return ids
+    return sorted(ids)
 
 
-def _new_cache_kwargs(model: Any) -> dict[str, Any]:
-    """A KV cache the model fills in place; transformers 5 renamed `past_key_values` to `cache`."""
-    from transformers import DynamicCache
+class _SeededDraw:
+    """Logits processor that samples the next token from `generator` and leaves it the only
+    finite score, so `generate()`'s greedy step takes exactly that draw."""
 
-    cache = DynamicCache(config=model.config)
-    params = inspect.signature(model.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores, dim=-1)
+        choice = torch.multinomial(probs, 1, generator=self.generator)
+        drawn = torch.full_like(scores, -math.inf)
+        return drawn.scatter(-1, choice, scores.gather(-1, choice))
 
 
-def _sample(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
-) -> int:
-    """Temperature + nucleus sampling from one row of logits, drawing from `generator`."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+def _sampling_processors(
+    temperature: float, top_p: float, seed: int | None, device: torch.device
+) -> Any:
+    """Temperature and nucleus warpers from transformers, then the seeded draw."""
+    from transformers import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
     if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        cumulative = torch.cumsum(sorted_probs, dim=-1)
-        keep = cumulative - sorted_probs < top_p  # always keeps the most likely token
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+        processors.append(TopPLogitsWarper(top_p))
+    processors.append(_SeededDraw(generator))
+    return processors
 
 
 def encode_chat(bundle: ChatModelBundle, messages: list[dict[str, str]]) -> torch.Tensor:
@@ -154,9 +167,10 @@ def generate_chat(
 ) -> tuple[str, int, int]:
     """One answer: (text, prompt tokens, completion tokens).
 
-    Greedy when temperature == 0, else sampling seeded by `seed` (None: a random seed). The
-    completion count excludes the end-of-sequence token, so it equals `max_tokens` exactly when
-    the answer was cut off by the length limit.
+    Greedy when temperature == 0, else sampling seeded by `seed` (None: a random seed). Only the
+    request's settings decide: a hub model's own sampling defaults (repetition penalty, top-k)
+    are switched off. The completion count excludes the end-of-sequence token, so it equals
+    `max_tokens` exactly when the answer was cut off by the length limit.
     """
     if max_tokens < 1:
         raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -171,27 +185,24 @@ def generate_chat(
     if context is not None:
         max_tokens = min(max_tokens, context - prompt_tokens)
 
-    generator = torch.Generator(device=bundle.device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
     eos = _eos_ids(bundle)
-
-    new_tokens: list[int] = []
-    cache_kwargs = _new_cache_kwargs(bundle.model)
-    step_input = input_ids
-    for _ in range(max_tokens):
-        out = bundle.model(input_ids=step_input, use_cache=True, **cache_kwargs)
-        logits = out.logits[0, -1]
-        if temperature == 0:
-            token = int(torch.argmax(logits))
-        else:
-            token = _sample(logits, temperature, top_p, generator)
-        if token in eos:
-            break
-        new_tokens.append(token)
-        step_input = torch.tensor([[token]], device=bundle.device)
+    processors = (
+        None if temperature == 0 else _sampling_processors(temperature, top_p, seed, bundle.device)
+    )
+    pad = bundle.tokenizer.pad_token_id
+    output = bundle.model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=max_tokens,
+        do_sample=False,  # the draw, if any, is `_SeededDraw`'s
+        logits_processor=processors,
+        eos_token_id=eos or None,
+        pad_token_id=pad if pad is not None else (eos[0] if eos else None),
+        repetition_penalty=1.0,
+    )
+    new_tokens = output[0, prompt_tokens:].tolist()
+    if new_tokens and new_tokens[-1] in eos:
+        new_tokens.pop()
     text = bundle.tokenizer.decode(new_tokens, skip_special_tokens=True)
     if not isinstance(text, str):  # defensive: some tokenizers return bytes-like odds
         text = str(text)

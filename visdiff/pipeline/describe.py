@@ -10,26 +10,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from visdiff import schema
 from visdiff.config import DescribeConfig, LLMConfig, to_yaml
 from visdiff.errors import LLMError
 from visdiff.llm.client import ChatClient, HTTPChatClient
 from visdiff.models.availability import check_models_available
+from visdiff.pipeline.actors import ClipActors, clip_model_actors
 from visdiff.pipeline.graph import EmbeddedImages
+from visdiff.pipeline.offline import CaptionRanker
 from visdiff.pipeline.runtime import ray_runtime
-from visdiff.propose.proposer import Proposal, propose
+from visdiff.propose.keyphrase import propose_keyphrases
+from visdiff.propose.proposer import proposal_rows, propose
 from visdiff.propose.rounds import CaptionedRounds, build_rounds
-from visdiff.report.html import render_report
+from visdiff.rank.partials import rank_order
+from visdiff.rank.significance import ranked_rows
+from visdiff.report.render import write_report
+from visdiff.report.run_stats import run_stats
 from visdiff.report.writers import RunFolder
 from visdiff.sources.plan import InputPlan, plan_inputs
-from visdiff.stages.embed import ClipActors, clip_model_actors
 from visdiff.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -46,8 +49,12 @@ class RunResult:
 
 
 @contextmanager
-def open_llm(cfg: LLMConfig) -> Iterator[ChatClient]:
-    """The one seam to the LLM: our own Serve app, or any external OpenAI-compatible URL."""
+def open_llm(cfg: LLMConfig) -> Iterator[ChatClient | None]:
+    """The one seam to the LLM: our own Serve app, or any external OpenAI-compatible URL; None
+    for llm.backend=none (the keyphrase proposer, no judge)."""
+    if cfg.backend == "none":
+        yield None
+        return
     if cfg.backend == "external":
         assert cfg.base_url is not None  # validated in config
         yield HTTPChatClient.from_env(
@@ -91,9 +98,8 @@ def _prepare(config: DescribeConfig, timer: StageTimer, say: Callable[[str], Non
 def _embed_all(
     plan: InputPlan, config: DescribeConfig, timer: StageTimer, clip: ClipActors | None = None
 ) -> EmbeddedImages:
-    from visdiff.pipeline.graph import embed_images
+    from visdiff.pipeline.graph import embed_images, ranking_dataset
     from visdiff.pipeline.progress import expected_images, expecting
-    from visdiff.sources.datasets import ranking_dataset
 
     with timer("embed_images"):
         ds_a, n_a = ranking_dataset(plan.a, config.data, seed=config.seed)
@@ -105,13 +111,26 @@ def _embed_all(
             )
 
 
+def _embed_captions(
+    captions: CaptionRanker, plan: InputPlan, config: DescribeConfig, timer: StageTimer
+) -> EmbeddedImages:
+    with timer("embed_images"):
+        return captions.embed_images(plan, config.data, seed=config.seed)
+
+
 def _caption_samples(plan: InputPlan, config: DescribeConfig, timer: StageTimer) -> CaptionedRounds:
+    from visdiff.pipeline.graph import caption_images
+
+    def caption(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+        return caption_images(rows, config.captioner, cache_root=config.cache.root)
+
     with timer("caption"):
-        return build_rounds(plan, _sample_pools(plan, config), config)
+        display_names = {p.set_name: p.display_name for p in plan.sets}
+        return build_rounds(display_names, _sample_pools(plan, config), config, caption)
 
 
 def _sample_pools(plan: InputPlan, config: DescribeConfig) -> dict[str, list[dict[str, Any]]]:
-    from visdiff.sources.datasets import sample_pool
+    from visdiff.pipeline.graph import sample_pool
 
     size = config.propose.num_samples * config.propose.num_rounds * POOL_PER_SAMPLE
     return {p.set_name: sample_pool(p, config.data, seed=config.seed, size=size) for p in plan.sets}
@@ -141,17 +160,26 @@ def _describe(
 ) -> RunResult:
     folder.write_text("config.yaml", to_yaml(config))
 
-    from visdiff.pipeline.graph import embed_texts, score_hypotheses
+    from visdiff.pipeline.evidence import EvidenceAggregate, finish_evidence, write_evidence
+    from visdiff.pipeline.graph import aggregate_embeddings, embed_texts, score_aggregation
 
+    # rank.ranker=sentence (models=offline): captions and a sentence model stand in for CLIP.
+    captions = CaptionRanker(config.sentence) if config.rank.ranker == "sentence" else None
     metrics = None
     with (
         ray_runtime(config.ray) as ray_start,
-        clip_model_actors(config.clip, config.cache.root) as clip,  # images, then hypotheses
+        nullcontext()
+        if captions
+        else clip_model_actors(config.clip, config.cache.root) as clip,  # images, then texts
         ThreadPoolExecutor(max_workers=2) as background,
     ):
         _warm_up_ray()
-        say("decoding and embedding every image in the background (decode+embed lines)")
-        embedding = background.submit(_embed_all, plan, config, timer, clip)
+        if captions:
+            say("embedding the caption of every image in the background (rank.ranker=sentence)")
+            embedding = background.submit(_embed_captions, captions, plan, config, timer)
+        else:
+            say("decoding and embedding every image in the background (decode+embed lines)")
+            embedding = background.submit(_embed_all, plan, config, timer, clip)
         # Captions do not need the LLM: caption while the LLM app starts.
         say(f"captioning samples (caption.source={config.caption.source})")
         captioning = background.submit(_caption_samples, plan, config, timer)
@@ -159,10 +187,18 @@ def _describe(
             captioned = captioning.result()
             with timer("propose"):
                 say(f"proposing: {config.propose.num_rounds} rounds")
-                proposals, hypotheses = propose(
-                    client, captioned.rounds, config.propose, config.llm, seed=config.seed
-                )
-            folder.write_jsonl("hypotheses.jsonl", _proposal_rows(proposals))
+                if client is None:  # llm.backend=none
+                    proposals, hypotheses = propose_keyphrases(captioned.rounds, config.propose)
+                else:
+                    proposals, hypotheses = propose(
+                        client,
+                        captioned.rounds,
+                        config.propose,
+                        config.llm,
+                        seed=config.seed,
+                        caption_prompt=config.captioner.prompt or None,
+                    )
+            folder.write_jsonl("hypotheses.jsonl", proposal_rows(proposals))
             if not hypotheses:
                 raise LLMError(
                     f"the LLM proposed no parseable hypothesis in {len(proposals)} rounds; "
@@ -173,16 +209,30 @@ def _describe(
             with timer("embed_texts"):
                 template = config.rank.text_template
                 texts = [template.format(h) for h in hypotheses]
-                text_embeddings = embed_texts(texts, config.clip, actors=clip)
-            startup = {"ray": ray_start.seconds, "clip_actors": clip.startup_seconds()}
-            with timer("rank"):
+                if captions:
+                    text_embeddings = captions.embed_texts(texts)
+                else:
+                    text_embeddings = embed_texts(texts, config.clip, actors=clip)
+            startup = {
+                "ray": ray_start.seconds,
+                "clip_actors": clip.startup_seconds() if clip else None,
+            }
+            with timer("rank"):  # statistics and evidence in one pass over the embeddings
                 say(f"ranking {len(hypotheses)} hypotheses on {embedded.num_rows} images")
-                ranked_stats = score_hypotheses(embedded, hypotheses, text_embeddings, config.rank)
-            ranked = [{"rank": i, **s.to_dict()} for i, s in enumerate(ranked_stats, start=1)]
+                scoring = score_aggregation(embedded, hypotheses, text_embeddings, config.rank)
+                gathering = EvidenceAggregate(text_embeddings, config.report.evidence_k)
+                folded = aggregate_embeddings(embedded, [scoring, gathering])
+                ranked_stats = rank_order(folded[scoring.get_agg_name()])
+            ranked = ranked_rows(
+                ranked_stats, alpha=config.rank.alpha, ci_level=config.rank.ci_level
+            )  # both directions, best first within each
+            with timer("evidence"):  # the chosen images' thumbnails
+                evidence = finish_evidence(folded[gathering.get_agg_name()], hypotheses)
             if config.evaluate.enabled:
                 with timer("evaluate"):
                     say("evaluating the top hypotheses with the LLM judge")
-                    metrics = _evaluate(client, ranked, plan, config)
+                    more_true_of_a = [r for r in ranked if r["direction"] == "a"]
+                    metrics = _evaluate(client, more_true_of_a, config)
 
     stats = run_stats(plan, embedded, captioned, proposals, hypotheses)
     stats["seconds"] = timer.as_dict()
@@ -192,18 +242,8 @@ def _describe(
     folder.write_json("stats.json", stats)
     if metrics is not None:
         folder.write_json("metrics.json", metrics)
-    folder.write_text(
-        "report.html",
-        render_report(
-            name_a=plan.a.display_name,
-            name_b=plan.b.display_name,
-            ranked=ranked,
-            thumbnails_a=_thumbnails(schema.SET_A, captioned, config.report.thumbnails_per_set),
-            thumbnails_b=_thumbnails(schema.SET_B, captioned, config.report.thumbnails_per_set),
-            stats=stats,
-            metrics=metrics,
-        ),
-    )
+    write_evidence(folder, evidence)
+    write_report(folder)  # report.html from the files above, as `visdiff report` does
     return RunResult(folder.display(), ranked, stats, metrics)
 
 
@@ -244,111 +284,15 @@ def _warm_up_ray() -> None:
 
 
 def _evaluate(
-    client: ChatClient, ranked: list[dict[str, Any]], plan: InputPlan, config: DescribeConfig
-) -> dict[str, Any]:
-    from visdiff.evaluate.evaluator import evaluate_ranked
+    client: ChatClient, ranked: list[dict[str, Any]], config: DescribeConfig
+) -> dict[str, Any] | None:
+    from visdiff.evaluate.evaluator import evaluate_run
 
-    return evaluate_ranked(
+    return evaluate_run(
         client,
         [r["hypothesis"] for r in ranked],
-        ground_truth_a=config.evaluate.ground_truth_a or plan.a.display_name,
-        ground_truth_b=config.evaluate.ground_truth_b or plan.b.display_name,
         eval_cfg=config.evaluate,
+        data_cfg=config.data,
         llm_cfg=config.llm,
         seed=config.seed,
     )
-
-
-def _proposal_rows(proposals: list[Proposal]) -> Iterator[dict[str, Any]]:
-    """One row per parsed hypothesis; a round whose answer parsed to nothing still gets a row
-    (hypothesis null) so that its raw text is kept."""
-    for p in proposals:
-        if not p.hypotheses:
-            yield {
-                "round": p.round_index,
-                "index": None,
-                "hypothesis": None,
-                "raw_text": p.raw_text,
-            }
-        for index, hypothesis in enumerate(p.hypotheses):
-            yield {
-                "round": p.round_index,
-                "index": index,
-                "hypothesis": hypothesis,
-                "raw_text": p.raw_text,
-            }
-
-
-def run_stats(
-    plan: InputPlan,
-    embedded: EmbeddedImages,
-    captioned: CaptionedRounds,
-    proposals: list[Proposal],
-    hypotheses: list[str],
-) -> dict[str, Any]:
-    skipped = [{**s, "stage": "listing"} for s in plan.skipped]
-    skipped += [{**s, "stage": "embed"} for s in embedded.skipped]
-    for s in skipped:
-        s["reason_code"] = str(s.get("reason", "")).split(":", 1)[0]
-    images = {}
-    for p in plan.sets:
-        name = p.set_name
-        listed_skipped = sum(1 for s in plan.skipped if s.get("set") == name)
-        failed = sum(1 for s in embedded.skipped if s["set"] == name)
-        read = embedded.rows_per_set.get(name, 0)
-        images[name] = {
-            "name": p.display_name,
-            "listed": (len(p.records) + listed_skipped) if p.records is not None else None,
-            "shards": len(p.shards) if p.shards is not None else None,
-            "read": read,
-            "over_cap": (len(p.records) - read) if p.records is not None else None,
-            "skipped": listed_skipped + failed,
-            "ranked": read - failed,
-        }
-    return {
-        "images": images,
-        "skipped": skipped,
-        "skipped_by_reason": dict(Counter(s["reason_code"] for s in skipped)),
-        "cache": {
-            "hits": embedded.from_cache,
-            "misses": embedded.num_rows - embedded.from_cache - len(embedded.skipped),
-        },
-        "captioning": {
-            "images_captioned": sum(1 for v in captioned.caption_source.values() if v == "model"),
-            "captions_from_input": sum(
-                1 for v in captioned.caption_source.values() if v == "input"
-            ),
-            "failed": captioned.failed,
-        },
-        "hypotheses": {
-            "rounds": len(proposals),
-            "proposed": sum(len(p.hypotheses) for p in proposals),
-            "unique": len(hypotheses),
-        },
-    }
-
-
-def _thumbnails(set_name: str, captioned: CaptionedRounds, n: int) -> list[tuple[str, bytes]]:
-    """Small JPEGs of the first sampled images of a set (decoded on the driver: only a few)."""
-    from visdiff.sources.decode import (
-        ImageDecodeError,
-        decode_image,
-        read_and_decode,
-        thumbnail_jpeg,
-    )
-
-    sampled = [
-        i for r in captioned.rounds for i in (r.ids_a if set_name == schema.SET_A else r.ids_b)
-    ]
-    out = []
-    for image_id in list(dict.fromkeys(sampled))[:n]:
-        row = captioned.rows.get(image_id)
-        if row is None:
-            continue
-        try:
-            data = row.get(schema.IMAGE_BYTES)
-            image = decode_image(data) if data else read_and_decode(row[schema.URI])
-        except ImageDecodeError:
-            continue
-        out.append((captioned.captions.get(image_id, image_id), thumbnail_jpeg(image)))
-    return out

@@ -1,10 +1,11 @@
-"""CLIP ranker on Ray Data: embed every (capped) image of both sets in an actor pool, embed the
-hypotheses, score each block where its embeddings are and merge the partial statistics."""
+"""Every Ray Data graph of a run, built here and only here: image rows from a set plan, the
+caption actor pool (or the VLM processor), CLIP embedding through the run's model actors, and
+per-block scoring whose partial statistics are merged on the driver. The stages themselves are
+Ray-free callables in `visdiff.stages`."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +13,22 @@ from typing import Any
 import numpy as np
 
 from visdiff import schema
-from visdiff.config import ClipConfig, RankConfig
-from visdiff.rank.partials import HypothesisStats, ScorePartials, rank_order
-from visdiff.stages.embed import CALLER_NUM_CPUS, ClipActors
+from visdiff.config import CaptionerConfig, ClipConfig, DataConfig, RankConfig
+from visdiff.errors import ModelUnavailableError
+from visdiff.pipeline.actors import CALLER_NUM_CPUS, ClipActorCaller, ClipActors, clip_model_actors
+from visdiff.rank.partials import HypothesisStats, rank_order
+from visdiff.sources.plan import SetPlan
+from visdiff.sources.records import ImageRecord
+from visdiff.sources.subset import cap_records, seeded_shard_order
+from visdiff.stages.caption import Captioner
+from visdiff.stages.embed import ClipPreprocessor
+from visdiff.stages.images import load_bytes
+from visdiff.stages.vlm_caption import (
+    DEFAULT_PROMPT,
+    caption_request,
+    caption_result,
+    processor_config_kwargs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,144 @@ class EmbeddedImages:
 # of ~25 short tasks per 2*10^5 images cost more than their work; 32768 keeps a task at ~0.1 s
 # and its partial at ~13 MB (exact scores, H=100) or 3.3 MB (histograms, 2048 bins).
 SCORE_BATCH_ROWS = 32768
+ROWS_PER_CHUNK = 256  # rows per block when expanding a shard
+
+
+# ------------------------------------------------------------------------------ image rows
+# One row per image: {id, set, uri, caption, image_bytes, error}. Records become rows on the
+# driver (they are already listed there); shards are expanded on the workers, streaming, so the
+# driver only ever holds shard URIs.
+
+
+def _record_row(record: ImageRecord) -> dict[str, Any]:
+    return {**record.to_dict(), schema.IMAGE_BYTES: b"", schema.ERROR: ""}
+
+
+def _num_blocks(n: int, requested: int) -> int:
+    if requested > 0:
+        return requested
+    return max(2, min(256, n // 128))
+
+
+def records_dataset(records: list[ImageRecord], *, num_blocks: int = 0) -> Any:
+    import ray.data
+
+    return ray.data.from_items(
+        [_record_row(r) for r in records], override_num_blocks=_num_blocks(len(records), num_blocks)
+    )
+
+
+def shards_dataset(shards: list[str], set_name: str, data: DataConfig) -> Any:
+    import ray.data
+
+    from visdiff.sources.shards.read import shard_row_chunks
+
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+    return ds.map_batches(
+        shard_row_chunks,
+        fn_kwargs={
+            "set_name": set_name,
+            "rows_per_chunk": ROWS_PER_CHUNK,
+            "image_column": data.image_column,
+            "caption_column": data.caption_column,
+        },
+        batch_size=1,
+        num_cpus=0.5,
+    )
+
+
+def ranking_dataset(plan: SetPlan, data: DataConfig, *, seed: int) -> tuple[Any, int | None]:
+    """Every image to rank (capped). Returns the dataset and, when known, its row count."""
+    if plan.records is not None:
+        capped = cap_records(plan.records, data.max_num_samples, seed)
+        return records_dataset(capped, num_blocks=data.num_blocks), len(capped)
+    assert plan.shards is not None
+    ds = shards_dataset(seeded_shard_order(plan.shards, seed), plan.set_name, data)
+    if data.max_num_samples > 0:
+        ds = ds.limit(data.max_num_samples)
+    return ds, None
+
+
+def sample_pool(plan: SetPlan, data: DataConfig, *, seed: int, size: int) -> list[dict[str, Any]]:
+    """Candidates for the proposer's per-round samples. Records: all of them (no bytes). Shards:
+    the first `size` readable images of the seeded shard order, with their bytes and alt-text."""
+    if plan.records is not None:
+        return [r.to_dict() for r in plan.records]
+    assert plan.shards is not None
+    ds = shards_dataset(seeded_shard_order(plan.shards, seed), plan.set_name, data)
+    ds = ds.filter(lambda row: row[schema.ERROR] == "").limit(size)
+    return ds.take_all()
+
+
+# ------------------------------------------------------------------------------ captions
+
+
+def caption_images(
+    rows: list[dict[str, Any]], cfg: CaptionerConfig, *, cache_root: str | None = None
+) -> dict[str, tuple[str, str]]:
+    """id -> (caption, error) for each image row (uri, or image_bytes), in an actor pool."""
+    if not rows:
+        return {}
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    items = [{k: v for k, v in r.items() if k != schema.CAPTION} for r in rows]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 64)))
+    if cfg.kind == "vllm":
+        return _caption_with_vlm(ds, cfg)
+    ds = ds.map_batches(
+        Captioner,
+        fn_constructor_kwargs={"captioner_cfg": cfg, "cache_root": cache_root},
+        compute=ActorPoolStrategy(size=cfg.num_actors),
+        batch_size=cfg.batch_size,
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus or None,
+    )
+    from visdiff.pipeline.progress import Expected, materialize_with_progress
+
+    captioned = materialize_with_progress(ds, "caption", Expected(images=len(items)))
+    return {
+        row[schema.ID]: (row[schema.GENERATED_CAPTION], row[schema.ERROR])
+        for row in captioned.take_all()
+    }
+
+
+def _caption_with_vlm(ds: Any, cfg: CaptionerConfig) -> dict[str, tuple[str, str]]:
+    """VLM on vLLM through ray.data.llm; rows whose bytes cannot be read never reach it."""
+
+    def with_bytes(batch: dict[str, Any]) -> dict[str, Any]:
+        datas, errors = load_bytes(batch)
+        return {**batch, schema.IMAGE_BYTES: [d or b"" for d in datas], schema.ERROR: errors}
+
+    rows = ds.map_batches(with_bytes, batch_format="numpy").materialize()
+    bad = {
+        r[schema.ID]: ("", r[schema.ERROR])
+        for r in rows.filter(lambda r: r[schema.ERROR] != "").take_all()
+    }
+    good = vlm_caption_processor(cfg)(rows.filter(lambda r: r[schema.ERROR] == ""))
+    out = {r[schema.ID]: (r[schema.GENERATED_CAPTION], r[schema.ERROR]) for r in good.take_all()}
+    return {**bad, **out}
+
+
+def vlm_caption_processor(cfg: CaptionerConfig) -> Any:
+    """A `ray.data.llm` processor: Dataset of image rows (with bytes) -> id, caption, error."""
+    try:
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    except ImportError as exc:  # pragma: no cover - ray[llm] missing entirely
+        raise ModelUnavailableError(
+            f"captioner.kind=vllm needs the gpu extra: pip install 'visdiff[gpu]' ({exc})"
+        ) from None
+    prompt = cfg.prompt or DEFAULT_PROMPT
+    return build_processor(
+        vLLMEngineProcessorConfig(**processor_config_kwargs(cfg)),
+        preprocess=lambda row: caption_request(
+            row, prompt=prompt, max_new_tokens=cfg.max_new_tokens
+        ),
+        postprocess=caption_result,
+    )
+
+
+# ------------------------------------------------------------------------------ CLIP embedding
 
 
 def _actor_pool(size: int, concurrent_calls: int = 1) -> Any:
@@ -57,9 +209,7 @@ def embed_images(
     started for this call and stopped after it). CPU-only actors decode + preprocess (and look up
     the cache) themselves; with GPUs a CPU actor pool decodes and sends uint8 pixels. Failed rows
     are kept and carry their error so that nothing is silently dropped. `images` is a Ray
-    Dataset of image rows (see visdiff.sources.datasets)."""
-    from visdiff.stages.embed import ClipActorCaller, ClipPreprocessor, clip_model_actors
-
+    Dataset of image rows (see `ranking_dataset`)."""
     if actors is None:
         with clip_model_actors(clip_cfg, cache_root, load_model=False) as own:
             return embed_images(images, clip_cfg, cache_root=cache_root, actors=own)
@@ -84,9 +234,7 @@ def embed_images(
         batch_size=clip_cfg.batch_size,
         num_cpus=CALLER_NUM_CPUS,
     )
-    from visdiff.pipeline.progress import (
-        materialize_with_progress,
-    )  # counts rows as blocks stream in
+    from visdiff.pipeline.progress import materialize_with_progress  # counts streamed rows
 
     materialized = materialize_with_progress(
         ds.select_columns(
@@ -120,12 +268,48 @@ def embed_texts(
 ) -> np.ndarray:
     """Text embeddings by a CLIP model actor too (the driver may be a small CPU head node): the
     run's `actors`, whose model is already loaded, else one started for this call."""
-    from visdiff.stages.embed import clip_model_actors
-
     if actors is not None:
         return actors.embed_texts(texts)
     with clip_model_actors(dataclasses.replace(clip_cfg, num_actors=1)) as own:
         return own.embed_texts(texts)
+
+
+def aggregate_embeddings(embedded: EmbeddedImages, aggregations: list[Any]) -> dict[str, Any]:
+    """One pass over the embedded images for several Ray Data aggregations (`AggregateFnV2`):
+    {name: finalized result}. Embedding blocks are small (one CLIP batch), so they are first
+    gathered into blocks of `SCORE_BATCH_ROWS`. An input that fits in one such block is folded
+    on the driver with the same `aggregate_block`/`finalize`: a Ray shuffle would first start
+    its aggregator actors (~5 s on a laptop) to merge a single partial."""
+    batches = []
+    if embedded.num_rows <= SCORE_BATCH_ROWS:
+        batches = list(embedded.dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    if not any(batch.num_rows for batch in batches):  # large, or nothing to fold here
+        blocks = embedded.dataset.repartition(target_num_rows_per_block=SCORE_BATCH_ROWS)
+        return blocks.aggregate(*aggregations)
+    import pyarrow as pa
+
+    block = pa.concat_tables(batches)
+    return {a.get_agg_name(): a.finalize(a.aggregate_block(block)) for a in aggregations}
+
+
+def score_aggregation(
+    embedded: EmbeddedImages,
+    hypotheses: list[str],
+    text_embeddings: np.ndarray,
+    rank_cfg: RankConfig,
+) -> Any:
+    """The `ScoreAggregate` for a run: past `rank.exact_cap` images (failed rows are not
+    scored), blocks keep histograms from the start instead of exact scores the merge would drop."""
+    from visdiff.rank.aggregate import ScoreAggregate
+
+    return ScoreAggregate(
+        hypotheses,
+        text_embeddings,
+        threshold=rank_cfg.classify_threshold,
+        num_bins=rank_cfg.histogram_bins,
+        exact_cap=rank_cfg.exact_cap,
+        expected_total=max(0, embedded.num_rows - len(embedded.skipped)),
+    )
 
 
 def score_hypotheses(
@@ -134,34 +318,7 @@ def score_hypotheses(
     text_embeddings: np.ndarray,
     rank_cfg: RankConfig,
 ) -> list[HypothesisStats]:
-    """Scores where the embeddings are (Ray Data tasks over batches of `SCORE_BATCH_ROWS`) and
-    merges the per-batch partials in one streaming pass: driver memory does not grow with N."""
-    from visdiff.rank.aggregate import score_block
-    from visdiff.rank.partials import merge_all
-
-    options = {
-        "threshold": rank_cfg.classify_threshold,
-        "num_bins": rank_cfg.histogram_bins,
-        "exact_cap": rank_cfg.exact_cap,
-    }
-    # Images that will be scored (failed rows are skipped): past the cap, blocks keep
-    # histograms from the start instead of shipping exact scores the merge would drop.
-    expected_total = max(0, embedded.num_rows - len(embedded.skipped))
-    partial_rows = embedded.dataset.map_batches(
-        score_block,
-        fn_kwargs={
-            "text_embeddings": np.asarray(text_embeddings, np.float32),
-            "expected_total": expected_total,
-            **options,
-        },
-        batch_size=SCORE_BATCH_ROWS,
-        num_cpus=0.5,
-    )
-    batches = partial_rows.iter_batches(batch_size=1, batch_format="numpy")
-    merged = merge_all(
-        itertools.chain(
-            [ScorePartials.empty(len(hypotheses), **options)],
-            (ScorePartials.from_row(batch) for batch in batches),
-        )
-    )
-    return rank_order(merged.finalize(hypotheses))
+    """Scores where the embeddings are and merges the partial statistics (`ScoreAggregate`):
+    driver memory does not grow with N."""
+    aggregation = score_aggregation(embedded, hypotheses, text_embeddings, rank_cfg)
+    return rank_order(aggregate_embeddings(embedded, [aggregation])[aggregation.get_agg_name()])

@@ -3,14 +3,19 @@
 LLMs wrap the list we ask for in many ways (bullets, numbering, quotes, bold, preambles, group
 headers, sub-points with explanations). Parsing keeps only the concept text and drops what is
 clearly not a hypothesis; it never merges items (de-duplication is `dedupe_hypotheses`, done
-once across rounds so the first spelling wins).
+once across rounds so the first spelling wins; `merge_near_duplicates` also merges paraphrases
+by their text embeddings). An answer cut off at the token limit loses its unfinished last line
+(`drop_cut_off_line`) so that half a phrase never becomes a hypothesis.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 
 MAX_WORDS = 25
 MAX_CHARS = 200
@@ -195,4 +200,84 @@ def dedupe_hypotheses(items: Iterable[str]) -> list[str]:
         if key and key not in seen:
             seen.add(key)
             kept.append(item)
+    return kept
+
+
+def drop_cut_off_line(text: str) -> str:
+    """`text` without its unfinished last line, for an answer cut at the token limit
+    (finish_reason "length"). When the cut fell right after a line break, nothing is lost."""
+    lines = _LINE_BREAK.split(text)
+    if len(lines) == 1 or lines[-1].strip():
+        lines = lines[:-1]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One parsed hypothesis and where it came from: the proposer round (whose sampled image
+    ids and prompt the caller keeps) and its position in that round's answer."""
+
+    text: str
+    round_index: int
+    position: int
+
+
+@dataclass
+class MergedHypothesis:
+    """A hypothesis kept after merging: the first spelling, and every candidate merged into it
+    (itself first), so that each spelling's provenance survives."""
+
+    text: str
+    sources: list[Candidate] = field(default_factory=list)
+
+    @property
+    def rounds(self) -> list[int]:
+        """Rounds that proposed it, in order, each once."""
+        return list(dict.fromkeys(c.round_index for c in self.sources))
+
+
+def merge_near_duplicates(
+    candidates: Sequence[Candidate], embeddings: np.ndarray, *, threshold: float
+) -> list[MergedHypothesis]:
+    """Merge candidates that say the same thing, keeping the first spelling of each.
+
+    `embeddings[i]` is a text embedding of `candidates[i].text` (any model; rows need not be
+    normalized). A candidate joins the first kept hypothesis whose normalized text equals its
+    own, else the kept hypothesis most similar to it when that cosine similarity is at least
+    `threshold`; otherwise it starts a new one. Similarity is measured to each group's first
+    spelling only, so a chain of small steps cannot merge unrelated phrases. Candidates whose
+    normalized text is empty are dropped.
+    """
+    vectors = np.asarray(embeddings, dtype=np.float64)
+    if vectors.ndim != 2 or vectors.shape[0] != len(candidates):
+        raise ValueError(
+            f"embeddings must be a 2-D array with one row per candidate ({len(candidates)}), "
+            f"got shape {vectors.shape}"
+        )
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+        raise ValueError("every embedding must be finite and non-zero")
+    unit = vectors / norms
+
+    kept: list[MergedHypothesis] = []
+    kept_rows: list[int] = []
+    by_key: dict[str, int] = {}
+    for row, candidate in enumerate(candidates):
+        key = normalize_hypothesis(candidate.text)
+        if not key:
+            continue
+        group = by_key.get(key)
+        if group is None and kept_rows:
+            similarity = unit[kept_rows] @ unit[row]
+            best = int(np.argmax(similarity))
+            if similarity[best] >= threshold:
+                group = best
+        if group is None:
+            group = len(kept)
+            kept.append(MergedHypothesis(candidate.text))
+            kept_rows.append(row)
+        by_key.setdefault(key, group)
+        kept[group].sources.append(candidate)
     return kept

@@ -1,35 +1,53 @@
 """Prompt templates for the proposer LLM.
 
-Templates are looked up in an explicit registry so a config string can only ever select one of
-the texts below (never evaluated or used as an attribute name). Captions come from users or
-models, so each is squeezed onto one line before it is placed in the prompt: a caption cannot
-add lines that would read as new instructions or as captions of the other group.
+A template is one user message with named placeholders (`PLACEHOLDERS`), plus an optional system
+message. The built-in ones are looked up in an explicit registry (`propose.prompt`); any other
+text can be loaded from a file (`propose.prompt_file`), so the published VisDiff prompt can be
+run verbatim. Placeholders are checked with `string.Formatter` before use: only the names below
+are filled, nothing is evaluated or looked up as an attribute.
+
+Captions come from users or models, so each is squeezed onto one line before it is placed in the
+prompt: a caption cannot add lines that would read as new instructions or as captions of the
+other group. A captioner that echoes its own prompt ("Describe this image in detail. A dog ...")
+has that echo removed first.
 """
 
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
+from visdiff.config import ProposeConfig
 from visdiff.errors import ConfigError, InputError
 
 # Everything str.splitlines() would break on, plus tab and unit separator: become spaces.
 _BREAKS = frozenset("\t\n\r\v\f\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 _SPACE_RUNS = re.compile(r" {2,}")
 
+PLACEHOLDERS: dict[str, str] = {
+    "captions_a": 'captions of group A, one numbered line each ("1. a dog on a sofa")',
+    "captions_b": "captions of group B, the same way",
+    "text": 'every caption, one line each: "Group A: ..." lines, then "Group B: ..." lines '
+    "(the layout and name the published VisDiff prompts use)",
+    "num_hypotheses": "how many concepts to ask for (propose.max_hypotheses_per_round)",
+}
+_FIX = (
+    "placeholders are {captions_a}, {captions_b}, {text}, {num_hypotheses}; "
+    "write a literal brace as {{ or }}"
+)
+
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """One proposer prompt: a system message and instructions around the two caption lists.
+    """One proposer prompt: `user` holds the placeholders; `system` is sent as is (or not at
+    all when None). `source` names where the text came from, for messages and run records."""
 
-    `instructions` and `answer_format` may use `{max_hypotheses}`; captions are never passed
-    through `str.format`, so braces inside captions are harmless.
-    """
-
-    system: str
-    instructions: str
-    answer_format: str
+    user: str
+    system: str | None
+    source: str
 
 
 _SYSTEM = (
@@ -37,45 +55,67 @@ _SYSTEM = (
     "between them. You answer only with the requested list."
 )
 
-_CLIP_FRIENDLY = PromptTemplate(
-    system=_SYSTEM,
-    instructions=(
-        "Below are captions of images from two groups, Group A and Group B. Find visual "
-        "concepts that are more true of the images in Group A than of the images in Group B.\n"
-        "Each concept must be short (about 2 to 6 words) and describe something visible that "
-        "an image-text model such as CLIP could check in a single image, for example "
-        '"people doing handstands" or "sunset lighting". Prefer concrete objects, actions, '
-        "settings, styles and lighting over abstract ideas. Do not mention the groups or the "
-        "captions in a concept."
-    ),
-    answer_format=(
-        "Answer with a bulleted list of at most {max_hypotheses} concepts that are more true "
-        'of Group A than of Group B. Start every line with "* ", put one concept per line and '
-        "add no explanations, numbering or other text."
-    ),
-)
+# The paper's design in our words: captions first, then the task (N distinct concepts more true
+# of A), phrased as captions a CLIP model can check, with worked corrections of bad phrasings.
+_CLIP_FRIENDLY = """\
+Below are captions that an image captioning model wrote for two groups of images.
 
-_DESCRIPTIVE = PromptTemplate(
-    system=_SYSTEM,
-    instructions=(
-        "Below are captions of images from two groups, Group A and Group B. Describe the ways "
-        "in which the images in Group A differ from the images in Group B: what is more often "
-        "true of Group A.\n"
-        "Each difference should be one descriptive phrase of up to about 15 words that names "
-        'what is visible, for example "people balancing upside down on their hands outdoors" '
-        'or "scenes lit by a low, warm evening sun". Do not mention the groups or the captions '
-        "in a phrase."
-    ),
-    answer_format=(
-        "Answer with a bulleted list of at most {max_hypotheses} phrases that are more true "
-        'of Group A than of Group B. Start every line with "* ", put one phrase per line and '
-        "add no explanations, numbering or other text."
-    ),
-)
+Group A:
+{captions_a}
+
+Group B:
+{captions_b}
+
+I want to learn what sets the images of Group A apart from the images of Group B.
+
+Name {num_hypotheses} distinct concepts that are true more often of the images in Group A than \
+of the images in Group B. A CLIP model will check each concept against every single image, so \
+write each one the way you would caption a photo: a short noun phrase naming something you can \
+see, such as "a child flying a kite", "a street at night", "a blurry photo", "food seen from \
+above" or "a calm mood".
+
+Rules:
+- Describe the images, not the captions: "short captions" or "captions mentioning a dog" are wrong.
+- One concept per line; never join several concepts into one.
+- Do not open with "presence of", "more", "images of", "images with" or "photos showing": name \
+the content itself.
+- Do not list examples or alternatives, neither in parentheses nor after "like", "such as" or \
+"including".
+
+Bad phrasings and their fixes:
+- "presence of baby animals" -> "baby animals"
+- "various outdoor settings like beaches, parks and deserts" -> "outdoor settings"
+- "images of kitchen tools (e.g. knife, whisk, pan)" -> "kitchen tools"
+- "Birds (sparrow, crow, pigeon)" -> "birds"
+- "more colourful images" -> "colourful images"
+- "photos showing people playing with their pets" -> "people playing with pets"
+
+Answer with a bulleted list of exactly {num_hypotheses} concepts that are more true of Group A \
+than of Group B: start every line with "* ", put one concept per line and add no numbering, \
+explanations or other text."""
+
+_DESCRIPTIVE = """\
+Below are captions that an image captioning model wrote for two groups of images.
+
+Group A:
+{captions_a}
+
+Group B:
+{captions_b}
+
+Describe {num_hypotheses} distinct ways in which the images in Group A differ from the images \
+in Group B: what is true more often of Group A. Write each difference as one descriptive phrase \
+of up to about 15 words that names what is visible, for example "people balancing upside down \
+on their hands outdoors" or "scenes lit by a low, warm evening sun". Describe the images, not \
+the captions, and do not mention the groups in a phrase.
+
+Answer with a bulleted list of {num_hypotheses} phrases that are more true of Group A than of \
+Group B: start every line with "* ", put one phrase per line and add no numbering, explanations \
+or other text."""
 
 _TEMPLATES: dict[str, PromptTemplate] = {
-    "clip_friendly": _CLIP_FRIENDLY,
-    "descriptive": _DESCRIPTIVE,
+    "clip_friendly": PromptTemplate(_CLIP_FRIENDLY, _SYSTEM, "built-in 'clip_friendly'"),
+    "descriptive": PromptTemplate(_DESCRIPTIVE, _SYSTEM, "built-in 'descriptive'"),
 }
 
 
@@ -95,6 +135,53 @@ def get_prompt(name: str) -> PromptTemplate:
     return template
 
 
+def check_template(text: str, where: str) -> None:
+    """ConfigError (one line, naming `where` and the fix) unless `text` uses only our
+    placeholders, plainly (no index, attribute, conversion or format spec), and shows captions."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid template ({exc}); {_FIX}") from None
+    names = set()
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS or spec or conversion:
+            shown = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            raise ConfigError(f"{where}: unknown placeholder {shown}; {_FIX}")
+        names.add(name)
+    if "text" not in names and not {"captions_a", "captions_b"} <= names:
+        raise ConfigError(
+            f"{where}: the template never shows the captions; add {{text}}, or both "
+            "{captions_a} and {captions_b}"
+        )
+
+
+def load_prompt_file(path: str | Path) -> PromptTemplate:
+    """A user template from a UTF-8 text file: the whole file is the user message (no system
+    message, so a published prompt is sent exactly as written)."""
+    where = f"propose.prompt_file '{path}'"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where} not found; give an existing text file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} cannot be read as UTF-8 text ({exc})") from None
+    check_template(text, where)
+    return PromptTemplate(text, None, f"file {path}")
+
+
+def load_prompt(cfg: ProposeConfig) -> PromptTemplate:
+    """`propose.prompt_file` when set, else the built-in `propose.prompt`."""
+    return load_prompt_file(cfg.prompt_file) if cfg.prompt_file else get_prompt(cfg.prompt)
+
+
 def single_line(text: str) -> str:
     """`text` on one line: line breaks and tabs become spaces, other control and invisible
     characters are dropped, runs of spaces collapse, ends are stripped; otherwise verbatim."""
@@ -107,22 +194,49 @@ def single_line(text: str) -> str:
     return _SPACE_RUNS.sub(" ", "".join(out)).strip()
 
 
-def _caption_block(label: str, captions: list[str]) -> str:
-    lines = [f"{label}:"]
-    for number, caption in enumerate(captions, start=1):
-        lines.append(f"{number}. {single_line(caption) or '(no caption)'}")
-    return "\n".join(lines)
+def strip_prompt_echo(caption: str, prompt: str | None) -> str:
+    """`caption` without a leading copy of the captioner's `prompt`.
+
+    Captioners echo their prompt with other case, spacing or punctuation (BLIP lowercases it),
+    so the match compares letters and digits only; what follows the echo is kept verbatim,
+    minus the punctuation and spaces that separated it. No echo: `caption` unchanged."""
+    wanted = [ch.casefold() for ch in prompt or "" if ch.isalnum()]
+    if not wanted:
+        return caption
+    matched = 0
+    for position, ch in enumerate(caption):
+        if not ch.isalnum():
+            continue
+        if ch.casefold() != wanted[matched]:
+            return caption
+        matched += 1
+        if matched == len(wanted):
+            rest = caption[position + 1 :]
+            if rest[:1].isalnum():  # "a photo" is no echo of "a phot"
+                return caption
+            return rest.lstrip(" \t\r\n.,;:!?-–—\"'")
+    return caption
+
+
+def _clean(caption: str, caption_prompt: str | None) -> str:
+    return single_line(strip_prompt_echo(single_line(caption), caption_prompt)) or "(no caption)"
+
+
+def _numbered(captions: list[str]) -> str:
+    return "\n".join(f"{number}. {caption}" for number, caption in enumerate(captions, start=1))
 
 
 def build_proposer_messages(
-    template: str,
+    template: PromptTemplate,
     captions_a: list[str],
     captions_b: list[str],
     *,
     max_hypotheses: int,
+    caption_prompt: str | None = None,
 ) -> list[dict[str, str]]:
-    """OpenAI chat messages (system + user) asking for differences that favour group A."""
-    prompt = get_prompt(template)
+    """OpenAI chat messages asking for differences that favour group A.
+
+    `caption_prompt`: the captioner's prompt, removed where a caption starts with it."""
     if max_hypotheses < 1:
         raise ConfigError(
             f"config key 'propose.max_hypotheses_per_round' must be >= 1, got {max_hypotheses}"
@@ -133,15 +247,16 @@ def build_proposer_messages(
                 f"no captions for set {label}: the proposer needs at least one captioned image "
                 "per set (check that the set is not empty and that captioning succeeded)"
             )
-    user = "\n\n".join(
-        [
-            prompt.instructions.format(max_hypotheses=max_hypotheses),
-            _caption_block("Group A", captions_a),
-            _caption_block("Group B", captions_b),
-            prompt.answer_format.format(max_hypotheses=max_hypotheses),
-        ]
-    )
-    return [
-        {"role": "system", "content": prompt.system},
-        {"role": "user", "content": user},
-    ]
+    clean_a = [_clean(c, caption_prompt) for c in captions_a]
+    clean_b = [_clean(c, caption_prompt) for c in captions_b]
+    values = {
+        "captions_a": _numbered(clean_a),
+        "captions_b": _numbered(clean_b),
+        "text": "\n".join([f"Group A: {c}" for c in clean_a] + [f"Group B: {c}" for c in clean_b]),
+        "num_hypotheses": str(max_hypotheses),
+    }
+    user = template.user.format_map(values)  # fields checked: only the names in `values`
+    messages = [{"role": "user", "content": user}]
+    if template.system is not None:
+        messages.insert(0, {"role": "system", "content": template.system})
+    return messages

@@ -1,18 +1,30 @@
 """LLM proposer: per round, the captions of a seeded sample of each set go into one prompt; the
-rounds run concurrently against the chat endpoint; answers are parsed and de-duplicated."""
+rounds run concurrently against the chat endpoint; answers are parsed and de-duplicated.
+
+Every proposal keeps its provenance (round, sampled image ids, the prompt sent) and says whether
+the answer was cut at the token limit (`truncated`; its unfinished last line is dropped)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from visdiff.config import LLMConfig, ProposeConfig
 from visdiff.llm.client import ChatClient
-from visdiff.propose.parse import dedupe_hypotheses, parse_hypotheses
-from visdiff.propose.prompts import build_proposer_messages
+from visdiff.propose.parse import (
+    Candidate,
+    dedupe_hypotheses,
+    drop_cut_off_line,
+    parse_hypotheses,
+)
+from visdiff.propose.prompts import PromptTemplate, build_proposer_messages, load_prompt
 
 log = logging.getLogger(__name__)
+
+CUT_AT_LIMIT = "length"  # OpenAI's finish_reason for an answer stopped by max_tokens
 
 
 @dataclass(frozen=True)
@@ -31,33 +43,77 @@ class Proposal:
     hypotheses: list[str]
     ids_a: list[str] = field(default_factory=list)
     ids_b: list[str] = field(default_factory=list)
+    truncated: bool = False  # the answer hit llm.max_tokens; its last line was dropped
+    prompt_source: str = ""  # built-in template name or prompt file
+    prompt: str = ""  # the user message sent
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def candidates(self) -> list[Candidate]:
+        """This round's hypotheses with their provenance, for `merge_near_duplicates`."""
+        return [Candidate(h, self.round_index, i) for i, h in enumerate(self.hypotheses)]
+
+
+def hypotheses_from_answer(
+    text: str, finish_reason: str | None, *, max_items: int
+) -> tuple[list[str], bool]:
+    """(hypotheses, truncated): an answer stopped by the token limit loses its last line."""
+    truncated = finish_reason == CUT_AT_LIMIT
+    if truncated:
+        text = drop_cut_off_line(text)
+    return parse_hypotheses(text, max_items=max_items), truncated
+
+
+def _ask(
+    client: ChatClient, messages: list[dict[str, str]], llm_cfg: LLMConfig, seed: int
+) -> tuple[str, str | None]:
+    """The answer text and why generation stopped ("length": cut at llm.max_tokens)."""
+    answer = client.reply(
+        messages, temperature=llm_cfg.temperature, max_tokens=llm_cfg.max_tokens, seed=seed
+    )
+    return answer.text, answer.finish_reason
 
 
 def propose_round(
     client: ChatClient,
     round_input: RoundInput,
+    template: PromptTemplate,
     propose_cfg: ProposeConfig,
     llm_cfg: LLMConfig,
     seed: int,
+    *,
+    caption_prompt: str | None = None,
 ) -> Proposal:
     messages = build_proposer_messages(
-        propose_cfg.prompt,
+        template,
         round_input.captions_a,
         round_input.captions_b,
         max_hypotheses=propose_cfg.max_hypotheses_per_round,
+        caption_prompt=caption_prompt,
     )
-    text = client.complete(
-        messages,
-        temperature=llm_cfg.temperature,
-        max_tokens=llm_cfg.max_tokens,
-        seed=seed + round_input.round_index,
+    text, finish_reason = _ask(client, messages, llm_cfg, seed + round_input.round_index)
+    hypotheses, truncated = hypotheses_from_answer(
+        text, finish_reason, max_items=propose_cfg.max_hypotheses_per_round
     )
-    hypotheses = parse_hypotheses(text, max_items=propose_cfg.max_hypotheses_per_round)
+    if truncated:
+        log.warning(
+            "round %d: the answer reached llm.max_tokens=%d and was cut; its last line was "
+            "dropped (raise llm.max_tokens to keep it)",
+            round_input.round_index,
+            llm_cfg.max_tokens,
+        )
     log.info("round %d: %d hypotheses", round_input.round_index, len(hypotheses))
-    return Proposal(round_input.round_index, text, hypotheses, round_input.ids_a, round_input.ids_b)
+    return Proposal(
+        round_input.round_index,
+        text,
+        hypotheses,
+        round_input.ids_a,
+        round_input.ids_b,
+        truncated=truncated,
+        prompt_source=template.source,
+        prompt=messages[-1]["content"],
+    )
 
 
 def propose(
@@ -67,11 +123,42 @@ def propose(
     llm_cfg: LLMConfig,
     *,
     seed: int,
+    caption_prompt: str | None = None,
 ) -> tuple[list[Proposal], list[str]]:
-    """Returns every round's proposal (in round order) and the merged, de-duplicated list."""
+    """Returns every round's proposal (in round order) and the merged, de-duplicated list.
+
+    `caption_prompt`: the captioner's prompt, removed where a caption starts with it."""
+    template = load_prompt(propose_cfg)
     with ThreadPoolExecutor(max_workers=max(1, len(rounds))) as pool:
         proposals = list(
-            pool.map(lambda r: propose_round(client, r, propose_cfg, llm_cfg, seed), rounds)
+            pool.map(
+                lambda r: propose_round(
+                    client, r, template, propose_cfg, llm_cfg, seed, caption_prompt=caption_prompt
+                ),
+                rounds,
+            )
         )
     merged = dedupe_hypotheses(h for p in proposals for h in p.hypotheses)
     return proposals, merged
+
+
+def proposal_rows(proposals: list[Proposal]) -> Iterator[dict[str, Any]]:
+    """hypotheses.jsonl: one row per parsed hypothesis with its provenance; a round whose answer
+    parsed to nothing still gets a row (hypothesis null) so that its raw text is kept."""
+    for p in proposals:
+        provenance = {
+            "truncated": p.truncated,
+            "ids_a": p.ids_a,
+            "ids_b": p.ids_b,
+            "prompt_source": p.prompt_source,
+            "prompt": p.prompt,
+        }
+        items: list[tuple[int | None, str | None]] = list(enumerate(p.hypotheses))
+        for index, hypothesis in items or [(None, None)]:
+            yield {
+                "round": p.round_index,
+                "index": index,
+                "hypothesis": hypothesis,
+                "raw_text": p.raw_text,
+                **provenance,
+            }

@@ -1,21 +1,24 @@
 """Caption inputs for the proposer: pick each round's seeded samples from each set's candidate
-pool, caption them once (Ray Data actor pool) or take the input's own captions (manifest column,
-shard alt-text), and assemble the per-round caption lists."""
+pool, caption them once (with the captioning function the pipeline hands in) or take the input's
+own captions (manifest column, shard alt-text), and assemble the per-round caption lists."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from visdiff import schema
-from visdiff.config import CaptionerConfig, DescribeConfig
+from visdiff.config import DescribeConfig
 from visdiff.errors import InputError
 from visdiff.propose.proposer import RoundInput
 from visdiff.sampling import sample_for_round
-from visdiff.sources.plan import InputPlan
 
 log = logging.getLogger(__name__)
+
+# Image rows -> id -> (caption, error): the captioner stage, run by the pipeline.
+CaptionFn = Callable[[list[dict[str, Any]]], dict[str, tuple[str, str]]]
 
 
 @dataclass
@@ -27,57 +30,6 @@ class CaptionedRounds:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # sampled image id -> row
 
 
-def caption_images(
-    rows: list[dict[str, Any]], cfg: CaptionerConfig, *, cache_root: str | None = None
-) -> dict[str, tuple[str, str]]:
-    """id -> (caption, error) for each image row (uri, or image_bytes), in an actor pool."""
-    if not rows:
-        return {}
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
-    from visdiff.stages.caption import Captioner
-
-    items = [{k: v for k, v in r.items() if k != schema.CAPTION} for r in rows]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 64)))
-    if cfg.kind == "vllm":
-        return _caption_with_vlm(ds, cfg)
-    ds = ds.map_batches(
-        Captioner,
-        fn_constructor_kwargs={"captioner_cfg": cfg, "cache_root": cache_root},
-        compute=ActorPoolStrategy(size=cfg.num_actors),
-        batch_size=cfg.batch_size,
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus or None,
-    )
-    from visdiff.pipeline.progress import Expected, materialize_with_progress
-
-    captioned = materialize_with_progress(ds, "caption", Expected(images=len(items)))
-    return {
-        row[schema.ID]: (row[schema.GENERATED_CAPTION], row[schema.ERROR])
-        for row in captioned.take_all()
-    }
-
-
-def _caption_with_vlm(ds: Any, cfg: CaptionerConfig) -> dict[str, tuple[str, str]]:
-    """VLM on vLLM through ray.data.llm; rows whose bytes cannot be read never reach it."""
-    from visdiff.stages.images import load_bytes
-    from visdiff.stages.vlm_caption import build_vlm_captioner
-
-    def with_bytes(batch: dict[str, Any]) -> dict[str, Any]:
-        datas, errors = load_bytes(batch)
-        return {**batch, schema.IMAGE_BYTES: [d or b"" for d in datas], schema.ERROR: errors}
-
-    rows = ds.map_batches(with_bytes, batch_format="numpy").materialize()
-    bad = {
-        r[schema.ID]: ("", r[schema.ERROR])
-        for r in rows.filter(lambda r: r[schema.ERROR] != "").take_all()
-    }
-    good = build_vlm_captioner(cfg)(rows.filter(lambda r: r[schema.ERROR] == ""))
-    out = {r[schema.ID]: (r[schema.GENERATED_CAPTION], r[schema.ERROR]) for r in good.take_all()}
-    return {**bad, **out}
-
-
 def _eligible(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     if source == "manifest":
         return [r for r in rows if r.get(schema.CAPTION)]
@@ -85,17 +37,22 @@ def _eligible(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
 
 
 def build_rounds(
-    plan: InputPlan, pools: dict[str, list[dict[str, Any]]], config: DescribeConfig
+    display_names: dict[str, str],
+    pools: dict[str, list[dict[str, Any]]],
+    config: DescribeConfig,
+    caption: CaptionFn,
 ) -> CaptionedRounds:
-    """`pools`: per set, the image rows the samples are drawn from (see sources.datasets)."""
+    """`display_names`: set name -> the name shown for it. `pools`: per set, the image rows the
+    samples are drawn from (see pipeline.graph.sample_pool). `caption` captions the sampled
+    images that need a model caption."""
     source = config.caption.source
     pcfg = config.propose
     by_id = {r[schema.ID]: r for rows in pools.values() for r in rows}
     eligible = {name: _eligible(pools[name], source) for name in schema.SETS}
-    for set_plan in plan.sets:
-        if not eligible[set_plan.set_name]:
+    for set_name, display_name in display_names.items():
+        if not eligible[set_name]:
             raise InputError(
-                f"set {set_plan.set_name} ('{set_plan.display_name}') has no image with a caption "
+                f"set {set_name} ('{display_name}') has no image with a caption "
                 "of its own to sample; use caption.source=model or auto"
             )
     sampled: list[tuple[list[str], list[str]]] = []
@@ -124,7 +81,7 @@ def build_rounds(
     failed = []
     if to_caption:
         log.info("captioning %d sampled images with %s", len(to_caption), config.captioner.model)
-        captioned = caption_images(to_caption, config.captioner, cache_root=config.cache.root)
+        captioned = caption(to_caption)
         for image_id, (caption, error) in captioned.items():
             if error or not caption:
                 reason = error or "empty caption"

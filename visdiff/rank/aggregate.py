@@ -1,38 +1,66 @@
-"""Score stage: similarities of one block's images to every hypothesis, reduced on the spot to
-mergeable partial statistics, so per-image scores never travel to the driver."""
+"""Score stage as a Ray Data aggregation: each block's images are scored against every
+hypothesis and reduced on the spot to mergeable partial statistics (``ScorePartials``, the
+accumulator), so per-image scores never travel to the driver; Ray combines the partials and
+``finalize`` turns the merged one into per-hypothesis statistics."""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
+from ray.data.aggregate import AggregateFnV2
+from ray.data.block import BlockAccessor
 
 from visdiff import schema
-from visdiff.rank.partials import ScorePartials
+from visdiff.rank.partials import HypothesisStats, ScorePartials
 
 
-def score_block(
-    batch: dict[str, np.ndarray],
-    *,
-    text_embeddings: np.ndarray,
-    threshold: float,
-    num_bins: int,
-    exact_cap: int,
-    expected_total: int | None = None,
-) -> dict[str, np.ndarray]:
-    """A batch of embedded images -> a one-row batch holding its ScorePartials.
+class ScoreAggregate(AggregateFnV2):
+    """``Dataset.aggregate(ScoreAggregate(...))`` over embedded image rows -> one value, the
+    list of ``HypothesisStats`` in the order of ``hypotheses`` (unranked).
 
-    ``expected_total`` (images of the whole ranking) lets the block skip exact scores that
-    the merge would drop anyway; see ``ScorePartials.from_scores``."""
-    ok = np.asarray(batch[schema.ERROR], dtype=object) == ""
-    options = {"threshold": threshold, "num_bins": num_bins, "exact_cap": exact_cap}
-    if not ok.any():
-        return ScorePartials.empty(text_embeddings.shape[0], **options).to_row()
-    text = np.asarray(text_embeddings, dtype=np.float32)
-    # (n, H) view of a hypothesis-major product: from_scores reads one row per hypothesis.
-    scores = (text @ _embeddings(batch[schema.EMBEDDING], ok).T).T
-    is_a = np.asarray(batch[schema.SET])[ok] == schema.SET_A
-    return ScorePartials.from_scores(
-        scores, is_a, expected_total=expected_total, **options
-    ).to_row()
+    ``expected_total`` (images of the whole ranking) lets a block skip exact scores that the
+    merge would drop anyway; see ``ScorePartials.from_scores``. Blocks should be large (the
+    partials are folded pairwise): repartition small embedding blocks first.
+    """
+
+    NAME = "score_partials"
+
+    def __init__(
+        self,
+        hypotheses: list[str],
+        text_embeddings: np.ndarray,
+        *,
+        threshold: float,
+        num_bins: int,
+        exact_cap: int,
+        expected_total: int | None = None,
+    ) -> None:
+        self._hypotheses = list(hypotheses)
+        self._text = np.asarray(text_embeddings, dtype=np.float32)
+        self._options = {"threshold": threshold, "num_bins": num_bins, "exact_cap": exact_cap}
+        self._expected_total = expected_total
+        zero = functools.partial(ScorePartials.empty, self._text.shape[0], **self._options)
+        super().__init__(self.NAME, zero, on=None, ignore_nulls=False)
+
+    def aggregate_block(self, block: Any) -> ScorePartials:
+        batch = BlockAccessor.for_block(block).to_batch_format("numpy")
+        ok = np.asarray(batch[schema.ERROR], dtype=object) == ""
+        if not ok.any():
+            return ScorePartials.empty(self._text.shape[0], **self._options)
+        # (n, H) view of a hypothesis-major product: from_scores reads one row per hypothesis.
+        scores = (self._text @ _embeddings(batch[schema.EMBEDDING], ok).T).T
+        is_a = np.asarray(batch[schema.SET])[ok] == schema.SET_A
+        return ScorePartials.from_scores(
+            scores, is_a, expected_total=self._expected_total, **self._options
+        )
+
+    def combine(self, current_accumulator: ScorePartials, new: ScorePartials) -> ScorePartials:
+        return current_accumulator.merge(new)
+
+    def finalize(self, accumulator: ScorePartials) -> list[HypothesisStats]:
+        return accumulator.finalize(self._hypotheses)
 
 
 def _embeddings(column: np.ndarray, ok: np.ndarray) -> np.ndarray:

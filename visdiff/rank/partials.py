@@ -1,8 +1,8 @@
 """Mergeable per-block sufficient statistics for ranking hypotheses.
 
-Each Ray Data block scores its images against H hypotheses and returns one ``ScorePartials``
-(as a one-row batch via ``to_row``); the driver folds them with ``merge_all`` (associative
-and commutative) and calls ``finalize``. Driver memory is bounded: moments, threshold counts
+Each Ray Data block scores its images against H hypotheses into one ``ScorePartials`` (the
+accumulator of ``visdiff.rank.aggregate.ScoreAggregate``); partials are folded with ``merge``
+/ ``merge_all`` (associative and commutative) and ``finalize`` gives the statistics. Driver memory is bounded: moments, threshold counts
 and fixed-bin histograms are O(H * num_bins), and the exact scores are kept only while the
 total number of images is <= ``exact_cap`` (then AUROC is exact), after which they are
 turned into histograms for good and AUROC comes from those with a worst-case error bound.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +28,14 @@ from visdiff.rank.stats import (
     _as_count,
     _as_finite,
     _as_float,
-    _auroc_rows,
+    _auroc_rows_with_test,
     _correct_delta_from_counts,
     _welch,
     auroc_from_histograms,
+    auroc_test_from_histograms,
 )
 
-__all__ = ["HypothesisStats", "ScorePartials", "merge_all", "rank_order"]
+__all__ = ["HypothesisStats", "ScorePartials", "merge_all", "rank_order", "ranking_key"]
 
 # One home for the defaults: the run configuration's.
 DEFAULT_NUM_BINS = RankConfig.histogram_bins
@@ -44,17 +45,25 @@ _SETS = ("A", "B")
 
 @dataclass(frozen=True)
 class HypothesisStats:
-    """Final ranking statistics of one hypothesis (set A is the positive class)."""
+    """Final ranking statistics of one hypothesis (set A is the positive class).
+
+    ``t_stat``/``p_value``: Welch's two-sided t-test of the means. ``p_greater``/``p_less``:
+    one-sided Mann-Whitney tests of AUROC > 0.5 / < 0.5 (the ranked rows' p-values);
+    ``auroc_se``: DeLong's standard error. Past the exact cap all three come from histograms.
+    """
 
     hypothesis: str
     auroc: float
     auroc_error_bound: float
     auroc_exact: bool
+    auroc_se: float
     mean_a: float
     mean_b: float
     diff: float
     t_stat: float
     p_value: float
+    p_greater: float
+    p_less: float
     correct_delta: float
     n_a: int
     n_b: int
@@ -68,11 +77,14 @@ class HypothesisStats:
         for name in (
             "auroc",
             "auroc_error_bound",
+            "auroc_se",
             "mean_a",
             "mean_b",
             "diff",
             "t_stat",
             "p_value",
+            "p_greater",
+            "p_less",
             "correct_delta",
         ):
             object.__setattr__(self, name, _as_float(getattr(self, name), name))
@@ -99,12 +111,14 @@ def rank_order(stats: Iterable[HypothesisStats]) -> list[HypothesisStats]:
     ['dogs', 'cats']
     """
 
-    def key(s: HypothesisStats) -> tuple[float, float, str]:
-        auc = -math.inf if math.isnan(s.auroc) else s.auroc
-        t = -math.inf if math.isnan(s.t_stat) else s.t_stat
-        return (-auc, -t, s.hypothesis)
+    return sorted(stats, key=lambda s: ranking_key(s.auroc, s.t_stat, s.hypothesis))
 
-    return sorted(stats, key=key)
+
+def ranking_key(auroc: float, t_stat: float, hypothesis: str) -> tuple[float, float, str]:
+    """Sort key, best first: AUROC descending, then t_stat descending (NaN last), then text."""
+    auc = -math.inf if math.isnan(auroc) else auroc
+    t = -math.inf if math.isnan(t_stat) else t_stat
+    return (-auc, -t, hypothesis)
 
 
 def _bin_index(values: np.ndarray, num_bins: int) -> np.ndarray:
@@ -329,11 +343,13 @@ class ScorePartials:
             if n < 2:
                 raise ValueError(f"set {name} has {n} image(s); ranking needs at least 2 per set")
         if self.exact is not None:
-            aucs, bounds = _auroc_rows(self.exact[0], self.exact[1]), np.zeros(h)
+            aucs, test = _auroc_rows_with_test(self.exact[0], self.exact[1])
+            bounds = np.zeros(h)
         else:
             aucs, bounds = auroc_from_histograms(self.hist[0], self.hist[1])
+            test = auroc_test_from_histograms(self.hist[0], self.hist[1])
         var = self.m2 / (self.count[:, None] - 1)
-        t_stat, p_value, _ = _welch(n_a, self.mean[0], var[0], n_b, self.mean[1], var[1])
+        t_stat, p_value = _welch(n_a, self.mean[0], var[0], n_b, self.mean[1], var[1])
         delta = _correct_delta_from_counts(self.above[0], n_a, self.above[1], n_b)
         diff = self.mean[0] - self.mean[1]
         return [
@@ -342,101 +358,20 @@ class ScorePartials:
                 auroc=aucs[j],
                 auroc_error_bound=bounds[j],
                 auroc_exact=self.exact is not None,
+                auroc_se=test.se[j],
                 mean_a=self.mean[0, j],
                 mean_b=self.mean[1, j],
                 diff=diff[j],
                 t_stat=t_stat[j],
                 p_value=p_value[j],
+                p_greater=test.p_greater[j],
+                p_less=test.p_less[j],
                 correct_delta=delta[j],
                 n_a=n_a,
                 n_b=n_b,
             )
             for j, text in enumerate(hypotheses)
         ]
-
-    def to_row(self) -> dict[str, np.ndarray]:
-        """One-row batch for Ray Data: every value is a numpy array with first dimension 1.
-
-        The exact matrices and the histograms travel as raw C-order bytes in object arrays
-        (their shapes follow from ``count``, H and ``num_bins``); ``has_exact`` says which of
-        the two a partial holds, and an empty placeholder stands in for the other.
-        """
-        has_exact = self.exact is not None
-        row = {
-            "threshold": np.array([self.threshold], np.float64),
-            "num_bins": np.array([self.num_bins], np.int64),
-            "exact_cap": np.array([self.exact_cap], np.int64),
-            "count": self.count[None].copy(),
-            "mean": self.mean[None].copy(),
-            "m2": self.m2[None].copy(),
-            "above": self.above[None].copy(),
-            "has_exact": np.array([has_exact]),
-        }
-        exact = self.exact if has_exact else [np.zeros(0, np.float32)] * 2
-        hist = np.zeros(0, np.int64) if has_exact else self.hist
-        for key, array in (("exact_a", exact[0]), ("exact_b", exact[1]), ("hist", hist)):
-            holder = np.empty(1, dtype=object)
-            holder[0] = np.ascontiguousarray(array).tobytes()
-            row[key] = holder
-        return row
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ScorePartials:
-        """Inverse of ``to_row``; also accepts rows whose leading batch dimension was removed."""
-        scalars = {key: _row_field(row, key, 0).item() for key in ("threshold", "num_bins")}
-        exact_cap = _row_field(row, "exact_cap", 0).item()
-        count = _row_field(row, "count", 1)
-        mean = _row_field(row, "mean", 2)
-        h = mean.shape[-1]
-        exact = hist = None
-        if bool(_row_field(row, "has_exact", 0).item()):
-            exact = [
-                _from_bytes(row, key, np.float32, (h, int(count[i])))
-                for i, key in enumerate(("exact_a", "exact_b"))
-            ]
-        else:
-            hist = _from_bytes(row, "hist", np.int64, (2, h, int(scalars["num_bins"])))
-        return cls(
-            threshold=scalars["threshold"],
-            num_bins=scalars["num_bins"],
-            exact_cap=exact_cap,
-            count=count,
-            mean=mean,
-            m2=_row_field(row, "m2", 2),
-            above=_row_field(row, "above", 2),
-            hist=hist,
-            exact=exact,
-        )
-
-
-def _row_field(row: Mapping[str, Any], key: str, ndim: int) -> np.ndarray:
-    if key not in row:
-        raise ValueError(f"row is missing {key!r}; was it made by ScorePartials.to_row?")
-    arr = np.asarray(row[key])
-    if arr.ndim == ndim + 1 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != ndim:
-        raise ValueError(f"row[{key!r}] must have {ndim} dimension(s), got shape {arr.shape}")
-    return arr
-
-
-def _from_bytes(
-    row: Mapping[str, Any], key: str, dtype: type[np.generic], shape: tuple[int, ...]
-) -> np.ndarray:
-    """A writable array of ``shape`` from the raw bytes in ``row[key]``."""
-    if key not in row:
-        raise ValueError(f"row is missing {key!r}; was it made by ScorePartials.to_row?")
-    value = row[key]
-    if isinstance(value, np.ndarray):
-        if value.size != 1:
-            raise ValueError(f"row[{key!r}] must hold one bytes value, got shape {value.shape}")
-        value = value.reshape(-1)[0]
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise ValueError(f"row[{key!r}] must be bytes, got {type(value).__name__}")
-    flat = np.frombuffer(value, dtype=dtype)
-    if flat.size != math.prod(shape):
-        raise ValueError(f"row[{key!r}] holds {flat.size} values, expected shape {shape}")
-    return flat.reshape(shape).copy()
 
 
 def merge_all(partials: Iterable[ScorePartials]) -> ScorePartials:

@@ -91,19 +91,9 @@ class RunFolder:
     def entries(self) -> list[str]:
         """Names directly inside the folder; [] when it does not exist yet."""
         try:
-            if storage.is_remote(self.uri):
-                from pyarrow import fs as pafs
-
-                fs, root = storage.remote_filesystem(self.uri)
-                info = fs.get_file_info(root)
-                if info.type == pafs.FileType.File:
-                    raise self._is_a_file()
-                selector = pafs.FileSelector(root, allow_not_found=True)
-                return sorted(i.base_name for i in fs.get_file_info(selector))
-            local = storage.local_path(self.uri)
-            if os.path.exists(local) and not os.path.isdir(local):
-                raise self._is_a_file()
-            return sorted(os.listdir(local)) if os.path.isdir(local) else []
+            return storage.entry_names(self.uri)
+        except NotADirectoryError:
+            raise self._is_a_file() from None
         except OSError as exc:
             raise InputError(
                 f"output_dir '{self.uri}' cannot be listed: {one_line(exc)}; check the path "
@@ -132,20 +122,12 @@ class RunFolder:
         present = set(self.entries())
         try:
             for name in sorted(present & set(own_files), key=lambda n: n != STATUS):
-                self._delete(name)
-            if not storage.is_remote(self.uri):
-                os.makedirs(storage.local_path(self.uri), exist_ok=True)
+                storage.delete_file(self.path(name))
+            storage.make_folder(self.uri)
         except OSError as exc:
             raise InputError(
                 f"output_dir '{self.uri}' cannot be cleared or created: {one_line(exc)}"
             ) from None
-
-    def _delete(self, name: str) -> None:
-        if storage.is_remote(self.uri):
-            fs, path = storage.remote_filesystem(self.path(name))
-            fs.delete_file(path)
-        else:
-            os.remove(storage.local_path(self.path(name)))
 
     @contextmanager
     def recording_status(self) -> Iterator[None]:

@@ -14,12 +14,12 @@ Deploy from Python with `serve.run(build_app(LLMAppArgs(...)))` or from a Serve 
 import asyncio
 import json
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,64 +32,11 @@ from visdiff.llm.protocol import (
     ModelCard,
     ModelList,
 )
+from visdiff.serving.args import LLMAppArgs, deployment_options
 
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "VisdiffLLM"
-
-
-class AutoscalingArgs(BaseModel):
-    """Serve autoscaling: replicas follow the number of requests in flight per replica."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    target_ongoing_requests: float = Field(2.0, gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "AutoscalingArgs":
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"autoscaling.max_replicas ({self.max_replicas}) must be >= "
-                f"min_replicas ({self.min_replicas})"
-            )
-        return self
-
-
-class LLMAppArgs(BaseModel):
-    """Typed `args:` of the Serve application (unknown keys are rejected to catch typos)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engine: Literal["transformers", "vllm"] = "transformers"
-    model: str = "tiny"  # hub id, local folder, or "tiny" (random init, offline)
-    served_model_name: str = "visdiff-llm"  # the `model` clients must send
-    num_replicas: int | None = Field(None, ge=1)  # fixed size; default 1 without autoscaling
-    autoscaling: AutoscalingArgs | None = None
-    max_ongoing_requests: int = Field(4, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-
-    @model_validator(mode="after")
-    def _one_scaling_mode(self) -> "LLMAppArgs":
-        if self.num_replicas is not None and self.autoscaling is not None:
-            raise ValueError("give either num_replicas or autoscaling, not both")
-        return self
-
-
-def deployment_options(args: LLMAppArgs) -> dict[str, Any]:
-    """Serve deployment options for the transformers engine."""
-    options: dict[str, Any] = {
-        "max_ongoing_requests": args.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
-    }
-    if args.autoscaling is not None:
-        options["autoscaling_config"] = args.autoscaling.model_dump()
-    else:
-        options["num_replicas"] = args.num_replicas or 1
-    return options
 
 
 def _error(

@@ -1,22 +1,22 @@
 """Start, reuse and stop the LLM Serve app from a run's `LLMConfig`; hand out a client for it.
 
 Ray must already be initialised by the caller: this module never decides which cluster to use.
+Only Serve's public API is used (`serve.start/run/status/delete`): the app is found where the
+config says it is (llm.http_host, llm.http_port, llm.route_prefix).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from visdiff.config import LLMConfig
 from visdiff.errors import LLMError
 from visdiff.llm.client import HTTPChatClient
-
-if TYPE_CHECKING:
-    from visdiff.serving.app import LLMAppArgs
+from visdiff.serving.args import LLMAppArgs
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,6 @@ READY_TIMEOUT_S = 120.0
 
 def app_args_from_config(cfg: LLMConfig) -> LLMAppArgs:
     """The Serve app's typed args for a run config (half precision only where there is a GPU)."""
-    from visdiff.serving.app import LLMAppArgs
-
     return LLMAppArgs(
         engine=cfg.engine,  # type: ignore[arg-type]
         model=cfg.model,
@@ -38,36 +36,14 @@ def app_args_from_config(cfg: LLMConfig) -> LLMAppArgs:
     )
 
 
-def _serve_http_address(cfg: LLMConfig) -> tuple[str, int]:
-    """Where Serve's proxy really listens: an earlier `serve.start` on this cluster wins over
-    our options, so read them back instead of trusting cfg."""
-    try:
-        from ray.serve.context import _get_global_client  # no public getter for http options
-
-        options = _get_global_client().http_config
-        host, port = str(options.host or cfg.http_host), int(options.port)
-    except Exception:  # private API moved: fall back to what we asked for
-        return cfg.http_host, cfg.http_port
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if (host, port) != (cfg.http_host, cfg.http_port):
-        logger.warning(
-            "Serve was already started on %s:%d on this cluster; llm.http_host/http_port "
-            "(%s:%d) are ignored",
-            host,
-            port,
-            cfg.http_host,
-            cfg.http_port,
-        )
-    return host, port
-
-
 def _route_prefix(prefix: str) -> str:
     prefix = "/" + prefix.strip("/")
     return "" if prefix == "/" else prefix
 
 
 def _base_url(host: str, port: int, route_prefix: str) -> str:
+    if host in ("0.0.0.0", "::", ""):  # listening on every interface: connect over loopback
+        host = "127.0.0.1"
     return f"http://{host}:{port}{_route_prefix(route_prefix)}/v1"
 
 
@@ -98,28 +74,19 @@ def _wait_ready(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         if _served_models(base_url) is not None:
             return
         time.sleep(0.5)
-    raise LLMError(f"LLM Serve app did not answer at {base_url}/models within {timeout_s:g} s")
+    raise LLMError(
+        f"LLM Serve app did not answer at {base_url}/models within {timeout_s:g} s; if Serve "
+        "already runs on this cluster with other HTTP options (Serve logs 'The new HTTP config "
+        "is ignored'), set llm.http_host/llm.http_port to them"
+    )
 
 
-def _running_route_prefix(app_name: str) -> str | None:
-    """Route prefix of a RUNNING app of that name, else None."""
+def _is_running(app_name: str) -> bool:
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
     status = serve.status().applications.get(app_name)
-    if status is None or status.status != ApplicationStatus.RUNNING:
-        return None
-    try:
-        from ray.serve.context import _get_global_client
-        from ray.serve.schema import ServeInstanceDetails
-
-        details = ServeInstanceDetails(**_get_global_client().get_serve_details())
-        app = details.applications.get(app_name)
-        if app is not None and app.route_prefix:
-            return app.route_prefix
-    except Exception:
-        pass
-    return "/"
+    return status is not None and status.status == ApplicationStatus.RUNNING
 
 
 def start_llm_app(cfg: LLMConfig) -> str:
@@ -129,16 +96,14 @@ def start_llm_app(cfg: LLMConfig) -> str:
     from visdiff.serving.app import build_app
 
     serve.start(http_options={"host": cfg.http_host, "port": cfg.http_port})
-    host, port = _serve_http_address(cfg)
+    base_url = _base_url(cfg.http_host, cfg.http_port, cfg.route_prefix)
 
-    running_prefix = _running_route_prefix(cfg.app_name)
-    if running_prefix is not None:
-        base_url = _base_url(host, port, running_prefix)
+    if _is_running(cfg.app_name):
         models = _served_models(base_url)
         if models is not None and _serves(cfg, models):
             logger.info("reusing the running Serve app '%s' at %s", cfg.app_name, base_url)
             return base_url
-        logger.info("Serve app '%s' serves another model; redeploying it", cfg.app_name)
+        logger.info("Serve app '%s' serves another model or route; redeploying it", cfg.app_name)
 
     app = build_app(app_args_from_config(cfg))
     try:
@@ -146,7 +111,6 @@ def start_llm_app(cfg: LLMConfig) -> str:
     except RuntimeError as exc:
         serve.delete(cfg.app_name)  # do not leave a failed app retrying replicas
         raise LLMError(f"LLM Serve app '{cfg.app_name}' failed to deploy: {exc}") from None
-    base_url = _base_url(host, port, cfg.route_prefix)
     _wait_ready(base_url)
     logger.info("LLM Serve app '%s' (%s) ready at %s", cfg.app_name, cfg.model, base_url)
     return base_url
@@ -161,12 +125,5 @@ def stop_llm_app(cfg: LLMConfig) -> None:
 
 
 def chat_client_for(cfg: LLMConfig, base_url: str) -> HTTPChatClient:
-    """Client for our Serve app (no key) or an external endpoint (key from cfg.api_key_env)."""
-    if cfg.backend == "external":
-        return HTTPChatClient.from_env(
-            base_url,
-            cfg.external_model or cfg.model,
-            cfg.api_key_env,
-            timeout_s=cfg.timeout_s,
-        )
+    """Client for our Serve app: it answers to `served_model_name` and needs no key."""
     return HTTPChatClient(base_url, cfg.served_model_name, timeout_s=cfg.timeout_s)

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from visdiff.errors import ConfigError, ModelUnavailableError
+from visdiff.serving.args import LLMAppArgs, scaling_options
 
 if TYPE_CHECKING:
     from ray.serve import Application
-
-    from visdiff.serving.app import LLMAppArgs
 
 _VLLM_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -33,11 +32,6 @@ def vllm_llm_config_dict(args: LLMAppArgs) -> dict[str, Any]:
         raise ConfigError(
             f"engine vllm shards a model over whole GPUs; num_gpus={args.num_gpus} is fractional"
         )
-    deployment_config: dict[str, Any] = {"max_ongoing_requests": args.max_ongoing_requests}
-    if args.autoscaling is not None:
-        deployment_config["autoscaling_config"] = args.autoscaling.model_dump()
-    else:
-        deployment_config["num_replicas"] = args.num_replicas or 1
     tensor_parallel = int(args.num_gpus)
     return {
         "model_loading_config": {
@@ -51,7 +45,7 @@ def vllm_llm_config_dict(args: LLMAppArgs) -> dict[str, Any]:
         "placement_group_config": {
             "bundle_per_worker": {"CPU": args.num_cpus / tensor_parallel, "GPU": 1},
         },
-        "deployment_config": deployment_config,
+        "deployment_config": scaling_options(args),
     }
 
 

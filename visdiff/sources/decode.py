@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from visdiff.errors import first_line
 from visdiff.io import storage
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
@@ -41,11 +42,6 @@ class ImageDecodeError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Parse the header only, turning PIL's bomb guard into our reason."""
     try:
@@ -54,12 +50,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError("decompression_bomb", _first_line(exc)) from None
+        raise ImageDecodeError("decompression_bomb", first_line(exc)) from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not_an_image", "no known image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         # Header recognised but unparsable (e.g. cut inside the header).
-        raise ImageDecodeError("not_an_image", _first_line(exc)) from None
+        raise ImageDecodeError("not_an_image", first_line(exc)) from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(
@@ -75,9 +71,9 @@ def _load(image: Image.Image) -> None:
     try:
         image.load()
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError("decompression_bomb", _first_line(exc)) from None
+        raise ImageDecodeError("decompression_bomb", first_line(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        detail = _first_line(exc)
+        detail = first_line(exc)
         lowered = detail.lower()
         truncated = isinstance(exc, EOFError) or any(
             word in lowered for word in ("truncated", "broken data stream", "premature", "eof")
@@ -134,7 +130,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     try:  # L, 1, P, CMYK, YCbCr, HSV, ...
         return image.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise ImageDecodeError("unsupported_mode", f"mode {mode}: {_first_line(exc)}") from None
+        raise ImageDecodeError("unsupported_mode", f"mode {mode}: {first_line(exc)}") from None
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -155,7 +151,7 @@ def read_and_decode(uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     try:
         data = storage.read_bytes(uri)
     except (OSError, ValueError) as exc:  # ValueError covers pyarrow's ArrowInvalid
-        raise ImageDecodeError("read_error", f"{uri}: {_first_line(exc)}") from None
+        raise ImageDecodeError("read_error", f"{uri}: {first_line(exc)}") from None
     return decode_image(data, max_pixels=max_pixels)
 
 

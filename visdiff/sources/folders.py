@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import TYPE_CHECKING
 
-from visdiff.errors import InputError
+from visdiff.errors import InputError, first_line
 from visdiff.io import storage
-from visdiff.schema import SET_A, SET_B
-from visdiff.sources.records import ImageRecord, ImageSets, one_line, register_reader
-
-if TYPE_CHECKING:
-    from visdiff.config import DataConfig
+from visdiff.sources.records import ImageRecord
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -55,7 +50,7 @@ def list_folder(folder: str, set_name: str, key: str) -> list[ImageRecord]:
     try:
         paths = storage.list_files(root, recursive=True)
     except OSError as exc:
-        raise InputError(f"{key} folder '{folder}' cannot be listed: {one_line(exc)}") from None
+        raise InputError(f"{key} folder '{folder}' cannot be listed: {first_line(exc)}") from None
     records = []
     for path in paths:
         rel = _relative(path, root)
@@ -70,18 +65,3 @@ def list_folder(folder: str, set_name: str, key: str) -> list[ImageRecord]:
             "point it at the folder that contains the images"
         )
     return [ImageRecord(f"{set_name}/{rel}", set_name, path) for rel, path in records]
-
-
-@register_reader("folders")
-def load_folders(data: DataConfig) -> ImageSets:
-    """Sets A and B from data.set_a and data.set_b."""
-    for key, folder in (("data.set_a", data.set_a), ("data.set_b", data.set_b)):
-        if not folder:
-            raise InputError(f"{key} is not set; give one image folder per set")
-    set_a, set_b = str(data.set_a), str(data.set_b)
-    return ImageSets(
-        a=list_folder(set_a, SET_A, "data.set_a"),
-        b=list_folder(set_b, SET_B, "data.set_b"),
-        name_a=folder_name(set_a),
-        name_b=folder_name(set_b),
-    )

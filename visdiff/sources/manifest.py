@@ -16,10 +16,10 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from visdiff.errors import InputError
+from visdiff.errors import InputError, first_line
 from visdiff.io import storage
 from visdiff.schema import SET_A, SET_B
-from visdiff.sources.records import ImageRecord, ImageSets, one_line, register_reader
+from visdiff.sources.records import ImageRecord, ImageSets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,7 +103,7 @@ def read_manifest_table(manifest: str) -> pd.DataFrame:
         table = reader(storage.read_bytes(manifest))
     except Exception as exc:  # parsers raise many types (ParserError, ArrowInvalid, ...)
         raise InputError(
-            f"data.manifest '{manifest}' could not be read as {format_name}: {one_line(exc)}; "
+            f"data.manifest '{manifest}' could not be read as {format_name}: {first_line(exc)}; "
             "fix the file or save it in another supported format"
         ) from None
     columns = [str(c) for c in table.columns]
@@ -217,7 +217,6 @@ def _records_for_group(
     return records
 
 
-@register_reader("manifest")
 def load_manifest(data: DataConfig) -> ImageSets:
     """Sets A and B from the manifest rows of data.group_a and data.group_b."""
     manifest = str(data.manifest)

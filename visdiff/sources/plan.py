@@ -11,14 +11,15 @@ from typing import Any
 from visdiff import schema
 from visdiff.config import DataConfig
 from visdiff.errors import InputError
-from visdiff.sources.braces import has_braces
 from visdiff.sources.folders import folder_name, list_folder
-from visdiff.sources.records import ImageRecord, load_image_sets
-from visdiff.sources.shards import (
+from visdiff.sources.manifest import load_manifest
+from visdiff.sources.records import ImageRecord
+from visdiff.sources.shards.parquet import ParquetOptions, check_parquet_shard
+from visdiff.sources.shards.resolve import (
     FORMAT_SUFFIXES,
     GLOB_CHARS,
     PARQUET,
-    check_parquet_shard,
+    has_braces,
     resolve_shards,
     shard_format,
 )
@@ -70,9 +71,8 @@ def _plan_set(spec: Any, set_name: str, key: str, data: DataConfig) -> SetPlan:
         shards = resolve_shards(list(spec) if isinstance(spec, list | tuple) else str(spec))
         parquet = [s for s in shards if shard_format(s) == PARQUET]
         if parquet:  # footer only: a metadata-only Parquet fails here, not per shard later
-            check_parquet_shard(
-                parquet[0], image_column=data.image_column, caption_column=data.caption_column
-            )
+            options = ParquetOptions(data.image_column, data.caption_column)
+            check_parquet_shard(parquet[0], options)
         return SetPlan(set_name, _shard_display_name(spec, shards), shards=shards)
     folder = str(spec)
     return SetPlan(set_name, folder_name(folder), records=list_folder(folder, set_name, key))
@@ -80,7 +80,7 @@ def _plan_set(spec: Any, set_name: str, key: str, data: DataConfig) -> SetPlan:
 
 def plan_inputs(data: DataConfig, *, caption_source: str = "model") -> InputPlan:
     if data.manifest:
-        sets = load_image_sets(data)
+        sets = load_manifest(data)
         plan = InputPlan(
             SetPlan(schema.SET_A, sets.name_a, records=sets.a),
             SetPlan(schema.SET_B, sets.name_b, records=sets.b),

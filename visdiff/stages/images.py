@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from visdiff import schema
+from visdiff.errors import first_line
 
 Batch = dict[str, np.ndarray]
 
@@ -47,9 +48,7 @@ def load_bytes(batch: Batch) -> tuple[list[bytes | None], list[str]]:
                 datas.append(read_bytes(str(uri)))
             except Exception as exc:  # any storage error costs this row only
                 datas.append(None)
-                errors[i] = (
-                    f"read_error: {uri}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                )
+                errors[i] = f"read_error: {uri}: {first_line(exc, typed=True)}"
     return datas, errors
 
 
@@ -72,9 +71,22 @@ def decode_all(
     return images
 
 
-def decode_batch(batch: Batch) -> tuple[list[Any], list[str]]:
-    datas, errors = load_bytes(batch)
-    return decode_all(datas, errors), errors
+def row_thumbnail(row: dict[str, Any]) -> bytes | None:
+    """A small JPEG of one row's image (its bytes, else read from its URI); None when it cannot
+    be decoded. For the report's few sampled images, decoded on the driver."""
+    from visdiff.sources.decode import (
+        ImageDecodeError,
+        decode_image,
+        read_and_decode,
+        thumbnail_jpeg,
+    )
+
+    try:
+        data = row.get(schema.IMAGE_BYTES)
+        image = decode_image(data) if data else read_and_decode(row[schema.URI])
+    except ImageDecodeError:
+        return None
+    return thumbnail_jpeg(image)
 
 
 def passthrough(batch: Batch, drop: tuple[str, ...] = ()) -> Batch:

@@ -1,6 +1,7 @@
-"""Batch captioning with a vision-language model on vLLM through `ray.data.llm` (GPU clusters):
-the alternative to the transformers captioner for large samples. `ray.data.llm` and vLLM are
-imported lazily; everything here but the engine itself runs without a GPU."""
+"""Batch captioning with a vision-language model on vLLM (GPU clusters), the alternative to the
+transformers captioner for large samples: the per-row request and result mapping and the engine
+config. `visdiff.pipeline.graph` builds the `ray.data.llm` processor from them; everything here
+runs without a GPU or Ray."""
 
 from __future__ import annotations
 
@@ -76,27 +77,3 @@ def processor_config_kwargs(cfg: CaptionerConfig) -> dict[str, Any]:
         "prepare_multimodal_stage": {"enabled": True},
         "should_continue_on_error": True,
     }
-
-
-def build_vlm_captioner(cfg: CaptionerConfig) -> Any:
-    """A `ray.data.llm` processor: Dataset of image rows (with bytes) -> id, caption, error."""
-    try:
-        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-    except ImportError as exc:  # pragma: no cover - ray[llm] missing entirely
-        raise ModelUnavailableError(
-            f"captioner.kind=vllm needs the gpu extra: pip install 'visdiff[gpu]' ({exc})"
-        ) from None
-    prompt = cfg.prompt or DEFAULT_PROMPT
-    return build_processor(
-        vLLMEngineProcessorConfig(**processor_config_kwargs(cfg)),
-        preprocess=lambda row: caption_request(
-            row, prompt=prompt, max_new_tokens=cfg.max_new_tokens
-        ),
-        postprocess=caption_result,
-    )
-
-
-def vllm_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
