@@ -23,6 +23,7 @@ from visdiff.evaluate.judge import (
     parse_judge_score,
     summarize,
 )
+from visdiff.llm.client import ChatReply
 
 
 def test_judge_messages():
@@ -208,7 +209,7 @@ def test_judge_endpoint_choice():
 class _NoLLM:
     """A proposer client the judge must not use."""
 
-    def complete(self, messages, *, temperature, max_tokens, seed=None):
+    def reply(self, messages, *, temperature, max_tokens, seed=None):
         raise AssertionError("the judge used the proposer's client")
 
 
@@ -216,9 +217,9 @@ class _FixedLLM:
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers = answers
 
-    def complete(self, messages, *, temperature, max_tokens, seed=None):
+    def reply(self, messages, *, temperature, max_tokens, seed=None):
         hypothesis = messages[-1]["content"].split("for Group A:\n", 1)[1].split("\n", 1)[0]
-        return self.answers[hypothesis]
+        return ChatReply(self.answers[hypothesis], "stop")
 
 
 def test_no_ground_truth_means_no_evaluation_and_says_so(caplog):

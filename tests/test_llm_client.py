@@ -29,9 +29,9 @@ def test_answers_in_order_and_sends_openai_body() -> None:
         client = _client(standin.base_url)
         assert isinstance(client, ChatClient)
         got = [
-            client.complete(MESSAGES, temperature=0.3, max_tokens=50, seed=7),
-            client.complete(MESSAGES, temperature=0.0, max_tokens=8),
-            client.complete(MESSAGES, temperature=1.0, max_tokens=8),
+            client.reply(MESSAGES, temperature=0.3, max_tokens=50, seed=7).text,
+            client.reply(MESSAGES, temperature=0.0, max_tokens=8).text,
+            client.reply(MESSAGES, temperature=1.0, max_tokens=8).text,
         ]
         client.close()
     assert got == ["first answer", "second answer", "first answer"]
@@ -71,14 +71,14 @@ def test_keyless_client_never_sends_the_environment_key(monkeypatch: pytest.Monk
     with serve_standin(["ok"]) as standin:
         client = _client(standin.base_url)
         assert not client.has_api_key
-        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "ok"
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).text == "ok"
     assert SECRET not in standin.headers[0].get("authorization", "")
 
 
 def test_bearer_key_sent_and_never_shown() -> None:
     with serve_standin(["ok"], require_key=SECRET) as standin:
         client = _client(standin.base_url, api_key=SECRET)
-        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "ok"
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).text == "ok"
         assert standin.headers[0]["authorization"] == f"Bearer {SECRET}"
         assert SECRET not in repr(client) and SECRET not in str(client)
 
@@ -86,7 +86,7 @@ def test_bearer_key_sent_and_never_shown() -> None:
         wrong = "sk-wrong-key-fedcba9876543210"
         bad = _client(standin.base_url, api_key=wrong)
         with pytest.raises(LLMError) as info:
-            bad.complete(MESSAGES, temperature=0, max_tokens=4)
+            bad.reply(MESSAGES, temperature=0, max_tokens=4)
     message = str(info.value)
     assert "401" in message and "Incorrect API key" in message
     assert wrong not in message and SECRET not in message
@@ -100,7 +100,7 @@ def test_from_env_reads_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> N
     with serve_standin(["keyed"], require_key=SECRET) as standin:
         keyed = HTTPChatClient.from_env(standin.base_url, "m", "VISDIFF_TEST_KEY")
         assert keyed.has_api_key
-        assert keyed.complete(MESSAGES, temperature=0, max_tokens=4) == "keyed"
+        assert keyed.reply(MESSAGES, temperature=0, max_tokens=4).text == "keyed"
     keyless = HTTPChatClient.from_env("http://127.0.0.1:1/v1", "m", "VISDIFF_ABSENT_KEY")
     assert not keyless.has_api_key
 
@@ -109,7 +109,7 @@ def test_retries_503_then_succeeds() -> None:
     with serve_standin(["recovered"]) as standin:
         standin.fail_next(2, 503)
         client = _client(standin.base_url, max_retries=2)
-        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "recovered"
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).text == "recovered"
     assert len(standin.requests) == 3
 
 
@@ -119,7 +119,7 @@ def test_gives_up_after_max_retries() -> None:
         client = _client(standin.base_url, max_retries=1)
         started = time.monotonic()
         with pytest.raises(LLMError, match=r"HTTP 503: stand-in told to fail .*after 2 attempt"):
-            client.complete(MESSAGES, temperature=0, max_tokens=4)
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
         waited = time.monotonic() - started
     assert len(standin.requests) == 2
     assert waited < 0.4  # the stand-in's retry-after-ms: 10 was honoured (default backoff: 0.5 s+)
@@ -129,7 +129,7 @@ def test_400_raises_with_server_message_without_retry() -> None:
     with serve_standin(["unused"]) as standin:
         client = _client(standin.base_url)
         with pytest.raises(LLMError) as info:
-            client.complete([], temperature=0, max_tokens=4)
+            client.reply([], temperature=0, max_tokens=4)
     assert "HTTP 400" in str(info.value)
     assert "messages must be a non-empty list" in str(info.value)
     assert len(standin.requests) == 1
@@ -140,17 +140,17 @@ def test_unusable_answers_raise() -> None:
         client = _client(standin.base_url)
         standin.respond_next({"id": "x", "object": "chat.completion", "choices": []})
         with pytest.raises(LLMError, match="without choices"):
-            client.complete(MESSAGES, temperature=0, max_tokens=4)
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
         refusal = {"index": 0, "message": {"role": "assistant", "content": None}}
         standin.respond_next({"choices": [{**refusal, "finish_reason": "content_filter"}]})
         with pytest.raises(LLMError, match="content_filter"):
-            client.complete(MESSAGES, temperature=0, max_tokens=4)
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
         standin.respond_next("not an object")
         with pytest.raises(LLMError, match="not an object"):
-            client.complete(MESSAGES, temperature=0, max_tokens=4)
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
         standin.respond_next({"detail": "the replica crashed"}, status=500)
         with pytest.raises(LLMError, match=r"HTTP 500: the replica crashed; the server failed"):
-            _client(standin.base_url, max_retries=0).complete(MESSAGES, temperature=0, max_tokens=4)
+            _client(standin.base_url, max_retries=0).reply(MESSAGES, temperature=0, max_tokens=4)
 
 
 def test_connection_refused_names_the_url() -> None:
@@ -160,7 +160,7 @@ def test_connection_refused_names_the_url() -> None:
     url = f"http://127.0.0.1:{port}/v1"
     client = _client(url, max_retries=1)
     with pytest.raises(LLMError) as info:
-        client.complete(MESSAGES, temperature=0, max_tokens=4)
+        client.reply(MESSAGES, temperature=0, max_tokens=4)
     assert f"{url}/chat/completions" in str(info.value)
     assert "2 attempt" in str(info.value)
 
@@ -174,7 +174,7 @@ def test_client_survives_pickling_after_use() -> None:
     """Clients travel into Ray tasks: the open HTTP connection pool must not."""
     with serve_standin(["a", "b"]) as standin:
         client = _client(standin.base_url, api_key="k")
-        assert client.complete(MESSAGES, temperature=0, max_tokens=4) == "a"
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).text == "a"
         clone = pickle.loads(pickle.dumps(client))
-        assert clone.complete(MESSAGES, temperature=0, max_tokens=4) == "b"
+        assert clone.reply(MESSAGES, temperature=0, max_tokens=4).text == "b"
         assert standin.headers[1]["authorization"] == "Bearer k"

@@ -192,7 +192,7 @@ def test_app_answers_like_the_engine(served, engine) -> None:
     assert base_url.endswith("/visdiff-llm-test/v1") and str(cfg.http_port) in base_url
     client = chat_client_for(cfg, base_url)
     assert client.model == SERVED and not client.has_api_key
-    answer = client.complete(MESSAGES, temperature=0.8, max_tokens=12, seed=5)
+    answer = client.reply(MESSAGES, temperature=0.8, max_tokens=12, seed=5).text
     local = engine.chat(_request(temperature=0.8, max_tokens=12, seed=5))
     assert answer == local.choices[0].message.content  # same tiny weights, same seed
 
@@ -225,7 +225,7 @@ def test_app_wrong_model_is_404(served) -> None:
     error = ErrorResponse.model_validate(raw.json()).error
     assert error.code == "model_not_found" and "gpt-x" in error.message
     with pytest.raises(LLMError, match="HTTP 404"):
-        HTTPChatClient(base_url, "gpt-x", max_retries=0).complete(
+        HTTPChatClient(base_url, "gpt-x", max_retries=0).reply(
             MESSAGES, temperature=0, max_tokens=4
         )
 
@@ -268,7 +268,7 @@ def test_app_serves_concurrent_requests(served) -> None:
     client = HTTPChatClient(base_url, SERVED, timeout_s=60)
 
     def ask(seed: int) -> str:
-        return client.complete(MESSAGES, temperature=1.0, max_tokens=8, seed=seed)
+        return client.reply(MESSAGES, temperature=1.0, max_tokens=8, seed=seed).text
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         together = list(pool.map(ask, [1, 2, 3]))
@@ -303,9 +303,7 @@ def test_stop_removes_the_app(served) -> None:
     stop_llm_app(cfg)
     assert cfg.app_name not in serve.status().applications
     with pytest.raises(LLMError, match="HTTP 404"):
-        HTTPChatClient(base_url, SERVED, max_retries=0).complete(
-            MESSAGES, temperature=0, max_tokens=4
-        )
+        HTTPChatClient(base_url, SERVED, max_retries=0).reply(MESSAGES, temperature=0, max_tokens=4)
 
 
 # --- builders and deployment configs ----------------------------------------------------------

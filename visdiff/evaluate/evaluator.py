@@ -111,7 +111,7 @@ def evaluate_ranked(
         messages = build_judge_messages(
             hypothesis, ground_truth_a=ground_truth.a, ground_truth_b=ground_truth.b
         )
-        raw = client.complete(messages, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS, seed=seed)
+        raw = client.reply(messages, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS, seed=seed).text
         return JudgeResult(hypothesis=hypothesis, rank=rank, score=parse_judge_score(raw), raw=raw)
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(top)))) as pool:

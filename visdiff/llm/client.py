@@ -37,27 +37,16 @@ class ChatReply:
     finish_reason: str | None
 
 
+Messages = list[dict[str, str]]  # OpenAI chat messages: {role, content}
+
+
 @runtime_checkable
 class ChatClient(Protocol):
     """Anything that turns chat messages into one answer."""
 
     def reply(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int | None = None,
+        self, messages: Messages, *, temperature: float, max_tokens: int, seed: int | None = None
     ) -> ChatReply: ...
-
-    def complete(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int | None = None,
-    ) -> str: ...
 
 
 class HTTPChatClient:
@@ -134,24 +123,8 @@ class HTTPChatClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def complete(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int | None = None,
-    ) -> str:
-        """The answer's text (see `reply` for why it stopped)."""
-        return self.reply(messages, temperature=temperature, max_tokens=max_tokens, seed=seed).text
-
     def reply(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int | None = None,
+        self, messages: Messages, *, temperature: float, max_tokens: int, seed: int | None = None
     ) -> ChatReply:
         request: dict[str, Any] = {
             "model": self.model,

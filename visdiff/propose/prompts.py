@@ -55,9 +55,8 @@ _SYSTEM = (
     "between them. You answer only with the requested list."
 )
 
-# The paper's design in our words: captions first, then the task (N distinct concepts more true
-# of A), phrased as captions a CLIP model can check, with worked corrections of bad phrasings.
-_CLIP_FRIENDLY = """\
+# Both built-in prompts show the captions first (A, then B), then the task, as the paper does.
+_CAPTIONS_FIRST = """\
 Below are captions that an image captioning model wrote for two groups of images.
 
 Group A:
@@ -66,6 +65,13 @@ Group A:
 Group B:
 {captions_b}
 
+"""
+
+# The paper's design in our words: captions first, then the task (N distinct concepts more true
+# of A), phrased as captions a CLIP model can check, with worked corrections of bad phrasings.
+_CLIP_FRIENDLY = (
+    _CAPTIONS_FIRST
+    + """\
 I want to learn what sets the images of Group A apart from the images of Group B.
 
 Name {num_hypotheses} distinct concepts that are true more often of the images in Group A than \
@@ -93,16 +99,11 @@ Bad phrasings and their fixes:
 Answer with a bulleted list of exactly {num_hypotheses} concepts that are more true of Group A \
 than of Group B: start every line with "* ", put one concept per line and add no numbering, \
 explanations or other text."""
+)
 
-_DESCRIPTIVE = """\
-Below are captions that an image captioning model wrote for two groups of images.
-
-Group A:
-{captions_a}
-
-Group B:
-{captions_b}
-
+_DESCRIPTIVE = (
+    _CAPTIONS_FIRST
+    + """\
 Describe {num_hypotheses} distinct ways in which the images in Group A differ from the images \
 in Group B: what is true more often of Group A. Write each difference as one descriptive phrase \
 of up to about 15 words that names what is visible, for example "people balancing upside down \
@@ -112,6 +113,7 @@ the captions, and do not mention the groups in a phrase.
 Answer with a bulleted list of {num_hypotheses} phrases that are more true of Group A than of \
 Group B: start every line with "* ", put one phrase per line and add no numbering, explanations \
 or other text."""
+)
 
 _TEMPLATES: dict[str, PromptTemplate] = {
     "clip_friendly": PromptTemplate(_CLIP_FRIENDLY, _SYSTEM, "built-in 'clip_friendly'"),

@@ -114,6 +114,17 @@ def _auroc_from_grouped_counts(
     return twice_u.astype(np.float64) / (2.0 * pairs), same_group.astype(np.float64) / pairs
 
 
+def _grouped_counts(scores_a: object, scores_b: object) -> tuple[np.ndarray, np.ndarray]:
+    """How many scores of A and of B take each distinct value (ascending): ties share a group."""
+    a = _as_sample(scores_a, "scores_a", min_size=1)
+    b = _as_sample(scores_b, "scores_b", min_size=1)
+    _, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    groups = int(inverse.max()) + 1
+    count_a = np.bincount(inverse[: a.size], minlength=groups)
+    count_b = np.bincount(inverse[a.size :], minlength=groups)
+    return count_a, count_b
+
+
 def auroc(scores_a: object, scores_b: object) -> float:
     """P(random A score > random B score) + 0.5 * P(tie): the Mann-Whitney U / (n_a n_b).
 
@@ -128,12 +139,7 @@ def auroc(scores_a: object, scores_b: object) -> float:
     >>> auroc([0.5], [0.5])  # a tie counts one half
     0.5
     """
-    a = _as_sample(scores_a, "scores_a", min_size=1)
-    b = _as_sample(scores_b, "scores_b", min_size=1)
-    _, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-    groups = int(inverse.max()) + 1
-    count_a = np.bincount(inverse[: a.size], minlength=groups)
-    count_b = np.bincount(inverse[a.size :], minlength=groups)
+    count_a, count_b = _grouped_counts(scores_a, scores_b)
     return float(_auroc_from_grouped_counts(count_a, count_b)[0])
 
 
@@ -382,13 +388,9 @@ def auroc_test(scores_a: object, scores_b: object) -> AurocTest:
     >>> test.auroc, round(test.p_greater, 4), round(test.p_less, 4), round(test.se, 4)
     (0.9375, 0.0303, 0.9848, 0.0884)
     """
-    a = _as_sample(scores_a, "scores_a", min_size=1)
-    b = _as_sample(scores_b, "scores_b", min_size=1)
-    _, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-    groups = int(inverse.max()) + 1
-    count_a = np.bincount(inverse[: a.size], minlength=groups)
-    count_b = np.bincount(inverse[a.size :], minlength=groups)
-    return _scalar_test(_test_from_groups(count_a, count_b, np.zeros(groups, np.int64), 1))
+    count_a, count_b = _grouped_counts(scores_a, scores_b)
+    zeros = np.zeros(count_a.size, np.int64)
+    return _scalar_test(_test_from_groups(count_a, count_b, zeros, 1))
 
 
 def auroc_test_from_histograms(hist_a: object, hist_b: object) -> AurocTest:
