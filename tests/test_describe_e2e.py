@@ -55,6 +55,18 @@ def check_run_folder(run_dir: Path, *, n_a: int, n_b: int, num_rounds: int) -> d
     assert all(isinstance(p["raw_text"], str) for p in proposals)
     proposed = {p["hypothesis"] for p in proposals if p["hypothesis"] is not None}
 
+    stats = json.loads((run_dir / "stats.json").read_text())
+    holdout = stats["holdout"]  # rank.holdout: the sampled images are left out of the tests
+    shown = {i for p in proposals for i in (*p["ids_a"], *p["ids_b"])}
+    assert holdout["enabled"] and holdout["fallback"] is None
+    assert holdout["scored"] == {"a": n_a, "b": n_b}
+    for name in ("a", "b"):
+        assert (
+            0 < holdout["left_out_of_tests"][name] <= sum(i.startswith(f"{name}/") for i in shown)
+        )
+    n_a_test, n_b_test = (n - holdout["left_out_of_tests"][s] for s, n in (("a", n_a), ("b", n_b)))
+    assert holdout["tested"] == {"a": n_a_test, "b": n_b_test}
+
     rows = json.loads((run_dir / "ranked.json").read_text())
     assert rows, "no ranked hypotheses"
     assert [tuple(r) for r in rows] == [schema.RANKED_COLUMNS] * len(rows)
@@ -73,8 +85,10 @@ def check_run_folder(run_dir: Path, *, n_a: int, n_b: int, num_rounds: int) -> d
         assert aurocs == sorted(aurocs, reverse=True)  # best first within each direction
         sign = 1.0 if direction == "a" else -1.0
         for r in mine:
-            assert 0.0 <= r["auroc_ci_low"] <= r["auroc"] <= r["auroc_ci_high"] <= 1.0
+            # The interval is the held-out AUROC's; the ranking's AUROC is of every image.
+            assert 0.0 <= r["auroc_ci_low"] <= r["auroc_test"] <= r["auroc_ci_high"] <= 1.0
             assert r["n_a"] == n_a and r["n_b"] == n_b
+            assert (r["n_a_test"], r["n_b_test"]) == (n_a_test, n_b_test)
             diff = sign * (r["mean_a"] - r["mean_b"])
             assert math.isclose(r["diff"], diff, abs_tol=1e-9)
             assert -1.0 <= r["correct_delta"] <= 1.0
@@ -89,7 +103,6 @@ def check_run_folder(run_dir: Path, *, n_a: int, n_b: int, num_rounds: int) -> d
     np.testing.assert_allclose(table["auroc"], [r["auroc"] for r in rows])
     assert table["significant"].dtype == bool
 
-    stats = json.loads((run_dir / "stats.json").read_text())
     assert stats["images"]["a"]["ranked"] == n_a and stats["images"]["b"]["ranked"] == n_b
     assert set(stats["seconds"]) >= {"load_inputs", "caption", "propose", "embed_images", "rank"}
     html = (run_dir / "report.html").read_text()

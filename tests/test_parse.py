@@ -19,6 +19,7 @@ from visdiff.propose.parse import (
     normalize_hypothesis,
     parse_hypotheses,
 )
+from visdiff.propose.pool import HypothesisPool
 from visdiff.propose.proposer import (
     Proposal,
     RoundInput,
@@ -377,6 +378,9 @@ def test_propose_keeps_provenance_per_round(recorded_outputs, tmp_path):
     assert proposals[1].prompt_source == "built-in 'clip_friendly'"
     assert "1. caption a1" in proposals[1].prompt.splitlines()
     assert "Describe it" not in proposals[1].prompt
+    # the captions as the LLM saw them, aligned with the ids, echo removed
+    assert proposals[1].ids_a == ["a1"] and proposals[1].captions_a == ["caption a1"]
+    assert proposals[1].captions_b == ["caption b1"] and proposals[1].refined_from == []
     assert not any(p.truncated for p in proposals)
     assert proposals[2].candidates()[3] == Candidate(proposals[2].hypotheses[3], 2, 3)
 
@@ -397,13 +401,75 @@ def test_proposal_rows():
         ),
         Proposal(1, "nothing", [], ["z"], ["w"]),
     ]
-    rows = list(proposal_rows(proposals))
-    assert [(r["round"], r["index"], r["hypothesis"]) for r in rows] == [
-        (0, 0, "a"),
-        (0, 1, "b"),
-        (1, None, None),
+    proposals[0].captions_a, proposals[0].captions_b = ["cx"], ["cy"]
+    rows = list(proposal_rows(proposals, {(0, 1): "a"}))
+    assert [(r["round"], r["index"], r["hypothesis"], r["merged_into"]) for r in rows] == [
+        (0, 0, "a", None),
+        (0, 1, "b", "a"),
+        (1, None, None, None),
     ]
     assert rows[0]["truncated"] is True and rows[2]["truncated"] is False
     assert rows[1]["ids_a"] == ["x"] and rows[1]["ids_b"] == ["y"] and rows[1]["prompt"] == "p"
-    assert rows[2]["raw_text"] == "nothing"
+    assert rows[1]["captions_a"] == ["cx"] and rows[1]["captions_b"] == ["cy"]
+    assert rows[2]["raw_text"] == "nothing" and rows[2]["captions_a"] == []
+    assert all(r["refined_from"] == [] for r in rows)
     json.dumps(rows)
+
+
+def _angle_embedder(angles: dict[str, float], calls: list[list[str]]):
+    """Texts -> 2-D unit vectors at the given angles (degrees); records each call."""
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return _unit(*[angles[t] for t in texts])
+
+    return embed
+
+
+def test_pool_merges_near_duplicates_and_marks_rows():
+    angles = {"Yoga poses": 0, "sunsets": 90, "yoga postures": 4, "snow": 45, "sunsets!": 170}
+    calls: list[list[str]] = []
+    embed = _angle_embedder(angles, calls)
+    first = [
+        Proposal(0, "r0", ["Yoga poses", "sunsets"], ["a1"], ["b1"]),
+        Proposal(1, "r1", ["yoga postures", "snow"], ["a2"], ["b2"]),
+    ]
+    pool = HypothesisPool.build(first, embed, threshold=0.99)  # cos 4 degrees = 0.9976
+    assert pool.hypotheses == ["Yoga poses", "sunsets", "snow"]
+    np.testing.assert_allclose(pool.embeddings, _unit(0, 90, 45))
+    assert pool.merged_into() == {(1, 0): "Yoga poses"}
+    assert pool.shown_ids() == {"a1", "b1", "a2", "b2"}
+    rows = list(pool.rows())
+    assert [(r["hypothesis"], r["merged_into"]) for r in rows] == [
+        ("Yoga poses", None),
+        ("sunsets", None),
+        ("yoga postures", "Yoga poses"),
+        ("snow", None),
+    ]
+
+    # extending embeds only the new answer; an exact re-spelling merges whatever its vector
+    refined = Proposal(2, "r2", ["sunsets!", "yoga postures"], ["a9"], refined_from=["snow"])
+    grown = pool.extend([refined], embed)
+    assert calls == [
+        ["Yoga poses", "sunsets", "yoga postures", "snow"],
+        ["sunsets!", "yoga postures"],
+    ]
+    assert grown.hypotheses == pool.hypotheses
+    assert grown.merged_into()[(2, 0)] == "sunsets" and grown.merged_into()[(2, 1)] == "Yoga poses"
+    assert [r["refined_from"] for r in grown.rows()][-1] == ["snow"]
+    # a threshold of 1 merges exact spellings only
+    assert HypothesisPool.build(first, embed, threshold=1.0).hypotheses == [
+        "Yoga poses",
+        "sunsets",
+        "yoga postures",
+        "snow",
+    ]
+
+
+def test_pool_of_empty_answers_has_no_hypothesis_and_never_embeds():
+    calls: list[list[str]] = []
+    pool = HypothesisPool.build(
+        [Proposal(0, "no list", [])], _angle_embedder({}, calls), threshold=0.9
+    )
+    assert pool.hypotheses == [] and calls == []
+    assert [r["hypothesis"] for r in pool.rows()] == [None]

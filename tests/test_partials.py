@@ -230,7 +230,9 @@ def test_score_aggregate_blocks_combine_and_finalize_like_reference(exact_cap: i
     acc = agg.init(None)  # Ray's per-group start: the zero accumulator
     for part in [failed, *parts[::-1]]:
         acc = agg.combine(acc, part)
-    result = agg.finalize(acc)
+    scored = agg.finalize(acc)
+    result = scored.stats
+    assert scored.tested == result and not scored.holdout["enabled"]  # no held_in: all tested
     assert [s.hypothesis for s in result] == HYPOTHESES
     ref = _reference(scores, is_a)
     for stats, r in zip(result, ref, strict=True):

@@ -10,7 +10,9 @@ from visdiff.config import ProposeConfig
 from visdiff.errors import ConfigError, InputError
 from visdiff.propose.prompts import (
     PLACEHOLDERS,
+    RefineItem,
     build_proposer_messages,
+    build_refine_messages,
     check_template,
     get_prompt,
     list_prompts,
@@ -232,6 +234,27 @@ def test_empty_caption_lists_and_bad_max():
 def test_empty_caption_is_marked():
     lines = _user(["", "\n"], max_hypotheses=5).splitlines()
     assert "1. (no caption)" in lines and "2. (no caption)" in lines
+
+
+def test_refine_prompt_shows_scores_and_misses_with_the_clip_rules():
+    items = [
+        RefineItem("yoga poses", 0.8123, ["Describe it. a man\nsitting still", ""]),
+        RefineItem('a "sunset" {sky}', 0.6, []),
+    ]
+    messages = build_refine_messages(items, max_hypotheses=4, caption_prompt="Describe it.")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    lines = messages[1]["content"].splitlines()
+    first = lines.index('1. "yoga poses" (AUROC 0.81)')
+    assert lines[first + 1 : first + 3] == ["   - a man sitting still", "   - (no caption)"]
+    second = lines.index('2. "a "sunset" {sky}" (AUROC 0.60)')  # braces stay verbatim
+    assert lines[second + 1] == "   - (no caption available)"
+    user = messages[1]["content"]
+    assert "Describe it" not in user and "AUROC" in user and "Do not repeat" in user
+    # the same phrasing rules as the proposer prompt, for the asked number of concepts
+    assert '- "presence of baby animals" -> "baby animals"' in lines
+    assert "exactly 4 concepts" in user and "{" not in user.replace("{sky}", "")
+    with pytest.raises(ValueError, match="at least one"):
+        build_refine_messages([], max_hypotheses=4)
 
 
 IDS = [f"a/img_{i:03d}.jpg" for i in range(200)]

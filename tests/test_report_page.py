@@ -58,6 +58,7 @@ def _ranked(hypotheses: list[str], direction: str | None) -> list[dict]:
             row |= {
                 "direction": direction,
                 "q_value": 10.0 ** (1 - i),
+                "auroc_test": auroc,
                 "auroc_ci_low": auroc - 0.1,
                 "auroc_ci_high": min(1.0, auroc + 0.1),
                 "significant": i <= 2,
@@ -182,7 +183,7 @@ def test_both_directions_greyed_rows_evidence_and_rounds(tmp_path):
     muted = [a for t, a in page.tags if t == "tr" and a.get("class") == "ns"]
     assert len(muted) == 1  # rank 3 of direction a; direction b's two rows are significant
     headers = re.findall(r"<th [^>]*>([^<]*)</th>", text)
-    assert {"AUROC", "95% CI", "q", "significant"} <= set(headers)
+    assert {"AUROC", "test AUROC", "test CI", "q", "significant"} <= set(headers)
     evidence = [a for t, a in page.tags if t == "details" and "evidence" in (a.get("class") or "")]
     assert [a["id"] for a in evidence] == ["ev-a-1", "ev-a-2", "ev-a-3", "ev-b-1", "ev-b-2"]
     assert sum(t == "svg" for t, _ in page.tags) == 5

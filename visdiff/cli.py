@@ -144,12 +144,13 @@ def _print_summary(result, top_n: int) -> None:
     directions = {"a": "more true of A than of B", "b": "more true of B than of A"}
     count = sum(1 for row in result.ranked if row["direction"] == "a")
     for direction, meaning in directions.items():
-        print(f"\nTop hypotheses {meaning} (of {count}; * = significant):")
+        print(f"\nTop hypotheses {meaning} (of {count}; * = significant on held-out images):")
         for row in [r for r in result.ranked if r["direction"] == direction][:top_n]:
             print(
                 f" {'*' if row['significant'] else ' '}{row['rank']:>2}. {row['hypothesis']}  "
-                f"(AUROC {row['auroc']:.3f} [{row['auroc_ci_low']:.3f}, "
-                f"{row['auroc_ci_high']:.3f}], diff {row['diff']:+.4f}, q {row['q_value']:.2g})"
+                f"(AUROC {row['auroc']:.3f}; held out {row['auroc_test']:.3f} "
+                f"[{row['auroc_ci_low']:.3f}, {row['auroc_ci_high']:.3f}], "
+                f"n {row['n_a_test']}+{row['n_b_test']}, q {row['q_value']:.2g})"
             )
     if result.metrics:
         m = result.metrics

@@ -154,6 +154,13 @@ class ProposeConfig:
     num_rounds: int = setting(3, "LLM rounds, each on a fresh seeded sample")
     num_samples: int = setting(20, "images per set per round")
     max_hypotheses_per_round: int = setting(10, "hypotheses kept from each LLM answer")
+    merge_similarity: float = setting(
+        0.95, "cosine of rank text embeddings at which hypotheses merge; 1 = exact"
+    )
+    refine_rounds: int = setting(
+        0, "LLM rounds sharpening the top hypotheses after ranking; 0 = off"
+    )
+    refine_top_k: int = setting(5, "top hypotheses (with A images they miss) shown per refinement")
 
 
 @dataclass
@@ -178,6 +185,9 @@ class RankConfig:
     )
     ci_level: float = setting(
         0.95, "level of the DeLong AUROC interval; `significant` also needs its low end > 0.5"
+    )
+    holdout: bool = setting(
+        True, "p/q-values, AUROC CI, `significant`: only images the proposer never saw"
     )
 
 
@@ -512,6 +522,9 @@ BOUNDS: dict[str, Bound] = {
     "propose.num_rounds": Bound(1, 1000),
     "propose.num_samples": Bound(1, 10_000),
     "propose.max_hypotheses_per_round": Bound(1, 1000),
+    "propose.merge_similarity": Bound(-1, 1, note="cosine similarity"),
+    "propose.refine_rounds": Bound(0, 100, note="0 = off"),
+    "propose.refine_top_k": Bound(1, 100),
     "rank.classify_threshold": Bound(-1, 1, note="cosine similarity"),
     "rank.exact_cap": Bound(1, 10**9),
     "rank.histogram_bins": Bound(2, 10**6),

@@ -20,12 +20,14 @@ SETS = (SET_A, SET_B)
 
 # Ranked table columns (ranked.json / ranked.parquet): one row per hypothesis and direction
 # ("a": more true of A than of B; "b": the reverse), best first within each direction. Statistics
-# are oriented to the row's direction; see visdiff.rank.significance.
+# are oriented to the row's direction; see visdiff.rank.significance. n_a_test/n_b_test: the
+# images behind p_value, q_value, the AUROC interval and `significant` (rank.holdout).
 RANKED_COLUMNS = (
     "rank",
     "direction",
     "hypothesis",
     "auroc",
+    "auroc_test",
     "auroc_ci_low",
     "auroc_ci_high",
     "auroc_error_bound",
@@ -40,6 +42,8 @@ RANKED_COLUMNS = (
     "correct_delta",
     "n_a",
     "n_b",
+    "n_a_test",
+    "n_b_test",
 )
 
 # Files every describe run folder holds (metrics.json too when evaluation is on). status.json is

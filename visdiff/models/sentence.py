@@ -81,8 +81,10 @@ def _mean_pool(states: Any, mask: Any) -> Any:
 def load_sentence_model(cfg: SentenceConfig) -> SentenceModel:
     """Tokenizer + encoder of `cfg.model` on the CPU (a small model: the offline mode's point)."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     source = model_source(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
+    hf_logging.disable_progress_bar()  # a weights bar per load would break the run's own lines
     model = AutoModel.from_pretrained(source).eval()
     return SentenceModel(model, tokenizer, cfg.batch_size)

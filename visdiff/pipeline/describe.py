@@ -2,12 +2,16 @@
 
 Inputs are planned (listed, or for shards only resolved) and model weights checked before Ray or
 any model starts. Image embedding does not need hypotheses, so it runs in a background thread
-while the sampled images are captioned and the LLM proposes; ranking then scores every embedded
-image per block and merges partial statistics on the driver.
+while the sampled images are captioned and the LLM proposes; near-duplicate hypotheses are merged
+on the text embeddings that rank them (propose.merge_similarity); ranking then scores every
+embedded image per block and merges partial statistics on the driver. With
+propose.refine_rounds, the LLM sharpens the best hypotheses and the pool is ranked again
+(pipeline/refine.py).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +20,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from visdiff.config import DescribeConfig, LLMConfig, to_yaml
 from visdiff.errors import LLMError
 from visdiff.llm.client import ChatClient, HTTPChatClient
@@ -23,16 +29,23 @@ from visdiff.models.availability import check_models_available
 from visdiff.pipeline.actors import ClipActors, clip_model_actors
 from visdiff.pipeline.graph import EmbeddedImages
 from visdiff.pipeline.offline import CaptionRanker
+from visdiff.pipeline.refine import MissCaptions, Ranking, refine
 from visdiff.pipeline.runtime import ray_runtime
 from visdiff.propose.keyphrase import propose_keyphrases
+from visdiff.propose.pool import EmbedFn, HypothesisPool
 from visdiff.propose.proposer import proposal_rows, propose
-from visdiff.propose.rounds import CaptionedRounds, build_rounds
+from visdiff.propose.rounds import CaptionedRounds, CaptionFn, build_rounds
 from visdiff.rank.partials import rank_order
 from visdiff.rank.significance import ranked_rows
 from visdiff.report.render import write_report
 from visdiff.report.run_stats import run_stats
 from visdiff.report.writers import RunFolder
-from visdiff.sources.plan import InputPlan, plan_inputs
+from visdiff.sources.plan import (
+    InputPlan,
+    check_set_sizes,
+    plan_inputs,
+    require_enough_images,
+)
 from visdiff.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -119,14 +132,9 @@ def _embed_captions(
 
 
 def _caption_samples(plan: InputPlan, config: DescribeConfig, timer: StageTimer) -> CaptionedRounds:
-    from visdiff.pipeline.graph import caption_images
-
-    def caption(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-        return caption_images(rows, config.captioner, cache_root=config.cache.root)
-
     with timer("caption"):
         display_names = {p.set_name: p.display_name for p in plan.sets}
-        return build_rounds(display_names, _sample_pools(plan, config), config, caption)
+        return build_rounds(display_names, _sample_pools(plan, config), config, _captioner(config))
 
 
 def _sample_pools(plan: InputPlan, config: DescribeConfig) -> dict[str, list[dict[str, Any]]]:
@@ -145,6 +153,7 @@ def describe(config: DescribeConfig, *, progress: Callable[[str], None] | None =
     folder = RunFolder(config.output_dir)
     folder.check_unused(overwrite=config.overwrite)
     plan = _prepare(config, timer, say)
+    check_set_sizes(plan, config.data)  # two images per set, before Ray or a model starts
     folder.begin()
     with folder.recording_status():
         return _describe(config, plan, folder, timer, started, say)
@@ -160,8 +169,7 @@ def _describe(
 ) -> RunResult:
     folder.write_text("config.yaml", to_yaml(config))
 
-    from visdiff.pipeline.evidence import EvidenceAggregate, finish_evidence, write_evidence
-    from visdiff.pipeline.graph import aggregate_embeddings, embed_texts, score_aggregation
+    from visdiff.pipeline.evidence import finish_evidence, write_evidence
 
     # rank.ranker=sentence (models=offline): captions and a sentence model stand in for CLIP.
     captions = CaptionRanker(config.sentence) if config.rank.ranker == "sentence" else None
@@ -188,9 +196,11 @@ def _describe(
             with timer("propose"):
                 say(f"proposing: {config.propose.num_rounds} rounds")
                 if client is None:  # llm.backend=none
-                    proposals, hypotheses = propose_keyphrases(captioned.rounds, config.propose)
+                    proposals, _ = propose_keyphrases(captioned.rounds, config.propose)
+                    if config.propose.refine_rounds:
+                        say("propose.refine_rounds is not used with llm.backend=none: no LLM")
                 else:
-                    proposals, hypotheses = propose(
+                    proposals, _ = propose(
                         client,
                         captioned.rounds,
                         config.propose,
@@ -198,43 +208,55 @@ def _describe(
                         seed=config.seed,
                         caption_prompt=config.captioner.prompt or None,
                     )
-            folder.write_jsonl("hypotheses.jsonl", proposal_rows(proposals))
-            if not hypotheses:
+            folder.write_jsonl("hypotheses.jsonl", proposal_rows(proposals))  # before merging
+            if not any(p.hypotheses for p in proposals):
                 raise LLMError(
                     f"the LLM proposed no parseable hypothesis in {len(proposals)} rounds; "
                     f"its raw answers are in {folder.path('hypotheses.jsonl')}"
                 )
-            say(f"{len(hypotheses)} unique hypotheses; waiting for image embeddings")
+            proposed = sum(len(p.hypotheses) for p in proposals)
+            say(f"{proposed} hypotheses proposed; waiting for image embeddings")
             embedded = embedding.result()
-            with timer("embed_texts"):
-                template = config.rank.text_template
-                texts = [template.format(h) for h in hypotheses]
-                if captions:
-                    text_embeddings = captions.embed_texts(texts)
-                else:
-                    text_embeddings = embed_texts(texts, config.clip, actors=clip)
+            embed_hypotheses = _text_embedder(config, timer, captions, clip)
+            # Near-duplicates merge on the vectors that rank them: each text is embedded once.
+            threshold = config.propose.merge_similarity
+            pool = HypothesisPool.build(proposals, embed_hypotheses, threshold=threshold)
+            folder.write_jsonl("hypotheses.jsonl", pool.rows())  # `merged_into` marked
+            say(
+                f"{len(pool.hypotheses)} distinct hypotheses (propose.merge_similarity={threshold})"
+            )
             startup = {
                 "ray": ray_start.seconds,
                 "clip_actors": clip.startup_seconds() if clip else None,
             }
-            with timer("rank"):  # statistics and evidence in one pass over the embeddings
-                say(f"ranking {len(hypotheses)} hypotheses on {embedded.num_rows} images")
-                scoring = score_aggregation(embedded, hypotheses, text_embeddings, config.rank)
-                gathering = EvidenceAggregate(text_embeddings, config.report.evidence_k)
-                folded = aggregate_embeddings(embedded, [scoring, gathering])
-                ranked_stats = rank_order(folded[scoring.get_agg_name()])
-            ranked = ranked_rows(
-                ranked_stats, alpha=config.rank.alpha, ci_level=config.rank.ci_level
-            )  # both directions, best first within each
+            _check_decoded_sizes(plan, embedded)
+            rank = functools.partial(_rank, embedded=embedded, config=config, timer=timer, say=say)
+            ranking = rank(pool)
+            if client is not None and config.propose.refine_rounds:
+                with timer("refine"):
+                    known = _known_captions(plan, captioned, config)
+                    pool, ranking = refine(
+                        client,
+                        pool,
+                        ranking,
+                        config=config,
+                        embed=embed_hypotheses,
+                        rank=rank,
+                        captions=MissCaptions(known, _captioner(config)),
+                        say=say,
+                    )
+                folder.write_jsonl("hypotheses.jsonl", pool.rows())
+            ranked, scored, hypotheses = ranking.ranked, ranking.scored, pool.hypotheses
             with timer("evidence"):  # the chosen images' thumbnails
-                evidence = finish_evidence(folded[gathering.get_agg_name()], hypotheses)
+                evidence = finish_evidence(ranking.evidence, hypotheses)
             if config.evaluate.enabled:
                 with timer("evaluate"):
                     say("evaluating the top hypotheses with the LLM judge")
                     more_true_of_a = [r for r in ranked if r["direction"] == "a"]
                     metrics = _evaluate(client, more_true_of_a, config)
 
-    stats = run_stats(plan, embedded, captioned, proposals, hypotheses)
+    stats = run_stats(plan, embedded, captioned, pool.proposals, hypotheses)
+    stats["holdout"] = scored.holdout  # images per set left out of the significance figures
     stats["seconds"] = timer.as_dict()
     stats["startup_seconds"] = startup  # Ray start; CLIP actors: creation to model loaded
     stats["total_seconds"] = round(time.perf_counter() - started, 3)
@@ -245,6 +267,79 @@ def _describe(
     write_evidence(folder, evidence)
     write_report(folder)  # report.html from the files above, as `visdiff report` does
     return RunResult(folder.display(), ranked, stats, metrics)
+
+
+def _text_embedder(
+    config: DescribeConfig,
+    timer: StageTimer,
+    captions: CaptionRanker | None,
+    clip: ClipActors | None,
+) -> EmbedFn:
+    """Hypotheses -> the run's text embeddings (rank.text_template applied): the sentence model
+    with rank.ranker=sentence, else CLIP's text tower on the run's actors."""
+    from visdiff.pipeline.graph import embed_texts
+
+    def embed(texts: list[str]) -> np.ndarray:
+        with timer("embed_texts"):
+            texts = [config.rank.text_template.format(t) for t in texts]
+            if captions:
+                return captions.embed_texts(texts)
+            return embed_texts(texts, config.clip, actors=clip)
+
+    return embed
+
+
+def _rank(
+    pool: HypothesisPool,
+    *,
+    embedded: EmbeddedImages,
+    config: DescribeConfig,
+    timer: StageTimer,
+    say: Callable[[str], None],
+) -> Ranking:
+    """The rank path for every hypothesis of `pool`: run once, and again per refinement round.
+    Images whose captions an LLM saw are held in (rank.holdout)."""
+    from visdiff.pipeline.evidence import EvidenceAggregate
+    from visdiff.pipeline.graph import aggregate_embeddings, score_aggregation
+
+    hypotheses, text_embeddings = pool.hypotheses, pool.embeddings
+    with timer("rank"):  # statistics and evidence in one pass over the embeddings
+        say(f"ranking {len(hypotheses)} hypotheses on {embedded.num_rows} images")
+        shown = pool.shown_ids()
+        scoring = score_aggregation(
+            embedded, hypotheses, text_embeddings, config.rank, held_in=shown
+        )
+        gathering = EvidenceAggregate(text_embeddings, config.report.evidence_k)
+        folded = aggregate_embeddings(embedded, [scoring, gathering])
+        scored = folded[scoring.get_agg_name()]
+    if scored.holdout["fallback"]:
+        log.warning("rank.holdout: %s", scored.holdout["fallback"])
+    ranked = ranked_rows(
+        rank_order(scored.stats),
+        tested=scored.tested,  # rank.holdout: images the proposer did not see
+        alpha=config.rank.alpha,
+        ci_level=config.rank.ci_level,
+    )  # both directions, best first within each
+    return Ranking(ranked, folded[gathering.get_agg_name()], scored)
+
+
+def _captioner(config: DescribeConfig) -> CaptionFn:
+    """The run's captioner stage, for images sampled for a prompt."""
+    from visdiff.pipeline.graph import caption_images
+
+    return functools.partial(caption_images, cfg=config.captioner, cache_root=config.cache.root)
+
+
+def _known_captions(
+    plan: InputPlan, captioned: CaptionedRounds, config: DescribeConfig
+) -> dict[str, str]:
+    """Captions at hand: the proposer's samples', and the input's own where the run uses them
+    (caption.source manifest / auto, or the sentence ranker, which ranks by them)."""
+    known = dict(captioned.captions)
+    if config.caption.source != "model" or config.rank.ranker == "sentence":
+        for p in plan.sets:
+            known.update({r.id: r.caption for r in p.records or [] if r.caption})
+    return known
 
 
 def embed(
@@ -272,6 +367,19 @@ def embed(
     }
     folder.write_json("embed_stats.json", stats)
     return stats
+
+
+def _check_decoded_sizes(plan: InputPlan, embedded: EmbeddedImages) -> None:
+    """Shard sets are counted only here, and decoding may leave a listed set too small."""
+    for p in plan.sets:
+        read = embedded.rows_per_set.get(p.set_name, 0)
+        failed = [s for s in embedded.skipped if s["set"] == p.set_name]
+        where = f"of {read} read"
+        if failed:
+            reasons = ", ".join(sorted({str(s["reason"]).split(":", 1)[0] for s in failed}))
+            where += f" ({len(failed)} skipped: {reasons}; first: '{failed[0]['uri']}')"
+        fix = "add images to it or replace the files that cannot be used"
+        require_enough_images(p, read - len(failed), where=where, fix=fix)
 
 
 def _warm_up_ray() -> None:

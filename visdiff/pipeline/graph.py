@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,9 +298,13 @@ def score_aggregation(
     hypotheses: list[str],
     text_embeddings: np.ndarray,
     rank_cfg: RankConfig,
+    *,
+    held_in: Iterable[str] | None = None,
 ) -> Any:
     """The `ScoreAggregate` for a run: past `rank.exact_cap` images (failed rows are not
-    scored), blocks keep histograms from the start instead of exact scores the merge would drop."""
+    scored), blocks keep histograms from the start instead of exact scores the merge would drop.
+    `held_in`: ids of the images shown to the proposer, left out of the significance figures
+    when `rank.holdout` is on (None: every image is tested)."""
     from visdiff.rank.aggregate import ScoreAggregate
 
     return ScoreAggregate(
@@ -309,6 +314,7 @@ def score_aggregation(
         num_bins=rank_cfg.histogram_bins,
         exact_cap=rank_cfg.exact_cap,
         expected_total=max(0, embedded.num_rows - len(embedded.skipped)),
+        held_in=held_in if rank_cfg.holdout else None,
     )
 
 
@@ -321,4 +327,5 @@ def score_hypotheses(
     """Scores where the embeddings are and merges the partial statistics (`ScoreAggregate`):
     driver memory does not grow with N."""
     aggregation = score_aggregation(embedded, hypotheses, text_embeddings, rank_cfg)
-    return rank_order(aggregate_embeddings(embedded, [aggregation])[aggregation.get_agg_name()])
+    scored = aggregate_embeddings(embedded, [aggregation])[aggregation.get_agg_name()]
+    return rank_order(scored.stats)

@@ -234,5 +234,7 @@ def propose_keyphrases(
         ids_a=list(captions["a"]),
         ids_b=list(captions["b"]),
         prompt_source="keyphrase",
+        captions_a=list(captions["a"].values()),
+        captions_b=list(captions["b"].values()),
     )
     return [proposal], hypotheses

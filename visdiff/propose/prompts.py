@@ -6,6 +6,10 @@ text can be loaded from a file (`propose.prompt_file`), so the published VisDiff
 run verbatim. Placeholders are checked with `string.Formatter` before use: only the names below
 are filled, nothing is evaluated or looked up as an attribute.
 
+The refinement prompt (`build_refine_messages`, propose.refine_rounds) is built in only: it shows
+the best ranked hypotheses with their AUROCs and captions of the A images each one misses, then
+the same phrasing rules as clip_friendly.
+
 Captions come from users or models, so each is squeezed onto one line before it is placed in the
 prompt: a caption cannot add lines that would read as new instructions or as captions of the
 other group. A captioner that echoes its own prompt ("Describe this image in detail. A dog ...")
@@ -67,15 +71,10 @@ Group B:
 
 """
 
-# The paper's design in our words: captions first, then the task (N distinct concepts more true
-# of A), phrased as captions a CLIP model can check, with worked corrections of bad phrasings.
-_CLIP_FRIENDLY = (
-    _CAPTIONS_FIRST
-    + """\
-I want to learn what sets the images of Group A apart from the images of Group B.
-
-Name {num_hypotheses} distinct concepts that are true more often of the images in Group A than \
-of the images in Group B. A CLIP model will check each concept against every single image, so \
+# How to phrase a concept for CLIP, with worked corrections of bad phrasings: shared by the
+# clip_friendly proposer prompt and the refinement prompt.
+_CLIP_RULES = """\
+A CLIP model will check each concept against every single image, so \
 write each one the way you would caption a photo: a short noun phrase naming something you can \
 see, such as "a child flying a kite", "a street at night", "a blurry photo", "food seen from \
 above" or "a calm mood".
@@ -99,6 +98,17 @@ Bad phrasings and their fixes:
 Answer with a bulleted list of exactly {num_hypotheses} concepts that are more true of Group A \
 than of Group B: start every line with "* ", put one concept per line and add no numbering, \
 explanations or other text."""
+
+# The paper's design in our words: captions first, then the task (N distinct concepts more true
+# of A), phrased as captions a CLIP model can check, with worked corrections of bad phrasings.
+_CLIP_FRIENDLY = (
+    _CAPTIONS_FIRST
+    + """\
+I want to learn what sets the images of Group A apart from the images of Group B.
+
+Name {num_hypotheses} distinct concepts that are true more often of the images in Group A than \
+of the images in Group B. """
+    + _CLIP_RULES
 )
 
 _DESCRIPTIVE = (
@@ -119,6 +129,37 @@ _TEMPLATES: dict[str, PromptTemplate] = {
     "clip_friendly": PromptTemplate(_CLIP_FRIENDLY, _SYSTEM, "built-in 'clip_friendly'"),
     "descriptive": PromptTemplate(_DESCRIPTIVE, _SYSTEM, "built-in 'descriptive'"),
 }
+
+
+# Refinement (propose.refine_rounds): the best concepts so far with their scores and the images
+# of A that each one misses, then the same rules as clip_friendly. Built in only: its layout is
+# ours (no published counterpart), so no file override.
+_REFINE = (
+    """\
+Concepts that may be true more often of the images in Group A than of the images in Group B \
+were each checked by a CLIP model against every image. A concept's score is its AUROC: the \
+chance that a random image of Group A matches it better than a random image of Group B (0.5: no \
+difference; 1.0: every image of A matches it better than every image of B).
+
+The best concepts so far, each with captions of the Group A images it matches worst:
+
+{scored}
+
+Name {num_hypotheses} new concepts that set Group A apart from Group B better than these: make a \
+concept sharper, or broad enough to cover the Group A images it misses, or name what those \
+images have in common instead. Do not repeat a concept listed above. """
+    + _CLIP_RULES
+)
+REFINE = PromptTemplate(_REFINE, _SYSTEM, "built-in 'refine'")
+
+
+@dataclass(frozen=True)
+class RefineItem:
+    """One concept shown to the refining LLM: its AUROC and captions of A images it misses."""
+
+    hypothesis: str
+    auroc: float
+    misses: list[str]
 
 
 def list_prompts() -> list[str]:
@@ -220,7 +261,8 @@ def strip_prompt_echo(caption: str, prompt: str | None) -> str:
     return caption
 
 
-def _clean(caption: str, caption_prompt: str | None) -> str:
+def clean_caption(caption: str, caption_prompt: str | None = None) -> str:
+    """A caption as the LLM sees it: on one line, without the captioner's prompt echo."""
     return single_line(strip_prompt_echo(single_line(caption), caption_prompt)) or "(no caption)"
 
 
@@ -249,8 +291,8 @@ def build_proposer_messages(
                 f"no captions for set {label}: the proposer needs at least one captioned image "
                 "per set (check that the set is not empty and that captioning succeeded)"
             )
-    clean_a = [_clean(c, caption_prompt) for c in captions_a]
-    clean_b = [_clean(c, caption_prompt) for c in captions_b]
+    clean_a = [clean_caption(c, caption_prompt) for c in captions_a]
+    clean_b = [clean_caption(c, caption_prompt) for c in captions_b]
     values = {
         "captions_a": _numbered(clean_a),
         "captions_b": _numbered(clean_b),
@@ -262,3 +304,22 @@ def build_proposer_messages(
     if template.system is not None:
         messages.insert(0, {"role": "system", "content": template.system})
     return messages
+
+
+def build_refine_messages(
+    items: list[RefineItem], *, max_hypotheses: int, caption_prompt: str | None = None
+) -> list[dict[str, str]]:
+    """OpenAI chat messages asking for sharper concepts than `items` (best first)."""
+    if not items:
+        raise ValueError("refinement needs at least one ranked hypothesis to show")
+    blocks = []
+    for number, item in enumerate(items, start=1):
+        lines = [f'{number}. "{single_line(item.hypothesis)}" (AUROC {item.auroc:.2f})']
+        misses = [clean_caption(c, caption_prompt) for c in item.misses]
+        lines += [f"   - {c}" for c in misses] or ["   - (no caption available)"]
+        blocks.append("\n".join(lines))
+    values = {"scored": "\n".join(blocks), "num_hypotheses": str(max_hypotheses)}
+    return [
+        {"role": "system", "content": REFINE.system or ""},
+        {"role": "user", "content": REFINE.user.format_map(values)},
+    ]

@@ -1,8 +1,10 @@
 """LLM proposer: per round, the captions of a seeded sample of each set go into one prompt; the
 rounds run concurrently against the chat endpoint; answers are parsed and de-duplicated.
+A refinement round (`propose_refinement`) shows the best ranked hypotheses instead.
 
-Every proposal keeps its provenance (round, sampled image ids, the prompt sent) and says whether
-the answer was cut at the token limit (`truncated`; its unfinished last line is dropped)."""
+Every proposal keeps its provenance (round, sampled image ids and their captions, the prompt
+sent, the hypotheses it refines) and says whether the answer was cut at the token limit
+(`truncated`; its unfinished last line is dropped)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,15 @@ from visdiff.propose.parse import (
     drop_cut_off_line,
     parse_hypotheses,
 )
-from visdiff.propose.prompts import PromptTemplate, build_proposer_messages, load_prompt
+from visdiff.propose.prompts import (
+    REFINE,
+    PromptTemplate,
+    RefineItem,
+    build_proposer_messages,
+    build_refine_messages,
+    clean_caption,
+    load_prompt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,9 @@ class Proposal:
     truncated: bool = False  # the answer hit llm.max_tokens; its last line was dropped
     prompt_source: str = ""  # built-in template name or prompt file
     prompt: str = ""  # the user message sent
+    captions_a: list[str] = field(default_factory=list)  # as the LLM saw them, aligned with ids_a
+    captions_b: list[str] = field(default_factory=list)
+    refined_from: list[str] = field(default_factory=list)  # refinement: the hypotheses shown
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +76,26 @@ def hypotheses_from_answer(
     if truncated:
         text = drop_cut_off_line(text)
     return parse_hypotheses(text, max_items=max_items), truncated
+
+
+def _parse_answer(
+    text: str,
+    finish_reason: str | None,
+    round_index: int,
+    propose_cfg: ProposeConfig,
+    llm_cfg: LLMConfig,
+) -> tuple[list[str], bool]:
+    hypotheses, truncated = hypotheses_from_answer(
+        text, finish_reason, max_items=propose_cfg.max_hypotheses_per_round
+    )
+    if truncated:
+        log.warning(
+            "round %d: the answer reached llm.max_tokens=%d and was cut; its last line was "
+            "dropped (raise llm.max_tokens to keep it)",
+            round_index,
+            llm_cfg.max_tokens,
+        )
+    return hypotheses, truncated
 
 
 def _ask(
@@ -93,16 +126,9 @@ def propose_round(
         caption_prompt=caption_prompt,
     )
     text, finish_reason = _ask(client, messages, llm_cfg, seed + round_input.round_index)
-    hypotheses, truncated = hypotheses_from_answer(
-        text, finish_reason, max_items=propose_cfg.max_hypotheses_per_round
+    hypotheses, truncated = _parse_answer(
+        text, finish_reason, round_input.round_index, propose_cfg, llm_cfg
     )
-    if truncated:
-        log.warning(
-            "round %d: the answer reached llm.max_tokens=%d and was cut; its last line was "
-            "dropped (raise llm.max_tokens to keep it)",
-            round_input.round_index,
-            llm_cfg.max_tokens,
-        )
     log.info("round %d: %d hypotheses", round_input.round_index, len(hypotheses))
     return Proposal(
         round_input.round_index,
@@ -113,6 +139,8 @@ def propose_round(
         truncated=truncated,
         prompt_source=template.source,
         prompt=messages[-1]["content"],
+        captions_a=[clean_caption(c, caption_prompt) for c in round_input.captions_a],
+        captions_b=[clean_caption(c, caption_prompt) for c in round_input.captions_b],
     )
 
 
@@ -142,16 +170,57 @@ def propose(
     return proposals, merged
 
 
-def proposal_rows(proposals: list[Proposal]) -> Iterator[dict[str, Any]]:
+def propose_refinement(
+    client: ChatClient,
+    items: list[RefineItem],
+    round_index: int,
+    propose_cfg: ProposeConfig,
+    llm_cfg: LLMConfig,
+    seed: int,
+    *,
+    missed: tuple[list[str], list[str]] = ([], []),
+    caption_prompt: str | None = None,
+) -> Proposal:
+    """One refinement round: the LLM sees `items` (best hypotheses, their AUROCs, captions of A
+    images they miss) and proposes sharper ones. `missed`: (ids, captions) of those images."""
+    messages = build_refine_messages(
+        items, max_hypotheses=propose_cfg.max_hypotheses_per_round, caption_prompt=caption_prompt
+    )
+    text, finish_reason = _ask(client, messages, llm_cfg, seed + round_index)
+    hypotheses, truncated = _parse_answer(text, finish_reason, round_index, propose_cfg, llm_cfg)
+    log.info("refinement round %d: %d hypotheses", round_index, len(hypotheses))
+    ids, captions = missed
+    return Proposal(
+        round_index,
+        text,
+        hypotheses,
+        list(ids),
+        truncated=truncated,
+        prompt_source=REFINE.source,
+        prompt=messages[-1]["content"],
+        captions_a=[clean_caption(c, caption_prompt) for c in captions],
+        refined_from=[i.hypothesis for i in items],
+    )
+
+
+def proposal_rows(
+    proposals: list[Proposal], merged_into: dict[tuple[int, int], str] | None = None
+) -> Iterator[dict[str, Any]]:
     """hypotheses.jsonl: one row per parsed hypothesis with its provenance; a round whose answer
-    parsed to nothing still gets a row (hypothesis null) so that its raw text is kept."""
+    parsed to nothing still gets a row (hypothesis null) so that its raw text is kept.
+    `merged_into`: (round, index) -> the kept spelling a near-duplicate was merged into (null
+    for a hypothesis that was kept, i.e. ranked under its own spelling)."""
+    merged_into = merged_into or {}
     for p in proposals:
         provenance = {
             "truncated": p.truncated,
             "ids_a": p.ids_a,
             "ids_b": p.ids_b,
+            "captions_a": p.captions_a,
+            "captions_b": p.captions_b,
             "prompt_source": p.prompt_source,
             "prompt": p.prompt,
+            "refined_from": p.refined_from,
         }
         items: list[tuple[int | None, str | None]] = list(enumerate(p.hypotheses))
         for index, hypothesis in items or [(None, None)]:
@@ -159,6 +228,9 @@ def proposal_rows(proposals: list[Proposal]) -> Iterator[dict[str, Any]]:
                 "round": p.round_index,
                 "index": index,
                 "hypothesis": hypothesis,
+                "merged_into": merged_into.get((p.round_index, index))
+                if index is not None
+                else None,
                 "raw_text": p.raw_text,
                 **provenance,
             }

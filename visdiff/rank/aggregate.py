@@ -1,11 +1,13 @@
 """Score stage as a Ray Data aggregation: each block's images are scored against every
-hypothesis and reduced on the spot to mergeable partial statistics (``ScorePartials``, the
-accumulator), so per-image scores never travel to the driver; Ray combines the partials and
-``finalize`` turns the merged one into per-hypothesis statistics."""
+hypothesis and reduced on the spot to mergeable partial statistics (``SplitPartials``, the
+accumulator: every image, and the images not shown to the proposer), so per-image scores never
+travel to the driver; Ray combines the partials and ``finalize`` turns the merged one into
+per-hypothesis statistics."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -13,16 +15,18 @@ from ray.data.aggregate import AggregateFnV2
 from ray.data.block import BlockAccessor
 
 from visdiff import schema
-from visdiff.rank.partials import HypothesisStats, ScorePartials
+from visdiff.rank.holdout import ScoredHypotheses, SplitPartials
 
 
 class ScoreAggregate(AggregateFnV2):
     """``Dataset.aggregate(ScoreAggregate(...))`` over embedded image rows -> one value, the
-    list of ``HypothesisStats`` in the order of ``hypotheses`` (unranked).
+    ``ScoredHypotheses`` in the order of ``hypotheses`` (unranked).
 
-    ``expected_total`` (images of the whole ranking) lets a block skip exact scores that the
-    merge would drop anyway; see ``ScorePartials.from_scores``. Blocks should be large (the
-    partials are folded pairwise): repartition small embedding blocks first.
+    ``held_in``: ids of the images shown to the proposer, left out of the significance figures
+    (None: hold-out off, every image is tested). ``expected_total`` (images of the whole
+    ranking) lets a block skip exact scores that the merge would drop anyway; see
+    ``ScorePartials.from_scores``. Blocks should be large (the partials are folded pairwise):
+    repartition small embedding blocks first.
     """
 
     NAME = "score_partials"
@@ -36,30 +40,50 @@ class ScoreAggregate(AggregateFnV2):
         num_bins: int,
         exact_cap: int,
         expected_total: int | None = None,
+        held_in: Iterable[str] | None = None,
     ) -> None:
         self._hypotheses = list(hypotheses)
         self._text = np.asarray(text_embeddings, dtype=np.float32)
         self._options = {"threshold": threshold, "num_bins": num_bins, "exact_cap": exact_cap}
+        self._held_in = None if held_in is None else frozenset(held_in)
         self._expected_total = expected_total
-        zero = functools.partial(ScorePartials.empty, self._text.shape[0], **self._options)
-        super().__init__(self.NAME, zero, on=None, ignore_nulls=False)
+        # A lower bound of the held-out total is what a block's cap check needs.
+        self._expected_tested = None
+        if expected_total is not None and self._held_in is not None:
+            self._expected_tested = max(0, expected_total - len(self._held_in))
+        self._zero = functools.partial(
+            SplitPartials.empty,
+            self._text.shape[0],
+            holdout=self._held_in is not None,
+            **self._options,
+        )
+        super().__init__(self.NAME, self._zero, on=None, ignore_nulls=False)
 
-    def aggregate_block(self, block: Any) -> ScorePartials:
+    def aggregate_block(self, block: Any) -> SplitPartials:
         batch = BlockAccessor.for_block(block).to_batch_format("numpy")
         ok = np.asarray(batch[schema.ERROR], dtype=object) == ""
         if not ok.any():
-            return ScorePartials.empty(self._text.shape[0], **self._options)
+            return self._zero()
         # (n, H) view of a hypothesis-major product: from_scores reads one row per hypothesis.
         scores = (self._text @ _embeddings(batch[schema.EMBEDDING], ok).T).T
         is_a = np.asarray(batch[schema.SET])[ok] == schema.SET_A
-        return ScorePartials.from_scores(
-            scores, is_a, expected_total=self._expected_total, **self._options
+        tested = None
+        if self._held_in is not None:
+            ids = np.asarray(batch[schema.ID], dtype=object)[ok]
+            tested = np.fromiter((i not in self._held_in for i in ids), bool, ids.size)
+        return SplitPartials.from_scores(
+            scores,
+            is_a,
+            tested,
+            expected_total=self._expected_total,
+            expected_tested=self._expected_tested,
+            **self._options,
         )
 
-    def combine(self, current_accumulator: ScorePartials, new: ScorePartials) -> ScorePartials:
+    def combine(self, current_accumulator: SplitPartials, new: SplitPartials) -> SplitPartials:
         return current_accumulator.merge(new)
 
-    def finalize(self, accumulator: ScorePartials) -> list[HypothesisStats]:
+    def finalize(self, accumulator: SplitPartials) -> ScoredHypotheses:
         return accumulator.finalize(self._hypotheses)
 
 

@@ -7,6 +7,10 @@ direction, so a hypothesis strongly true of B sits at the bottom of A's list wit
 and at the top of B's list, instead of looking "significant" at the bottom. The q-values
 control the false discovery rate over all 2H rows of the run. Every row stays in the output;
 ``significant`` marks the ones that pass, rows that do not are kept, marked false.
+
+The significance figures (p, q, the AUROC interval, ``significant``) come from the ``tested``
+statistics: with ``rank.holdout`` those of the images not shown to the proposer (see
+``visdiff.rank.holdout``); the ranking statistics (AUROC, means, ...) from every image.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ DIRECTIONS = ("a", "b")
 
 
 def ranked_rows(
-    stats: list[HypothesisStats], *, alpha: float, ci_level: float
+    stats: list[HypothesisStats],
+    *,
+    alpha: float,
+    ci_level: float,
+    tested: list[HypothesisStats] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ranked.json: direction "a" best first, then direction "b" best first.
 
     Statistics are oriented to the row's direction: for "b", ``auroc``, its CI, ``diff``,
     ``t_stat`` and ``correct_delta`` are those of B over A (``mean_a``/``mean_b`` stay the set
-    means). ``significant`` = q_value < ``alpha`` and auroc_ci_low > 0.5.
+    means). ``significant`` = q_value < ``alpha`` and auroc_ci_low > 0.5. ``tested`` (same
+    hypotheses, any order; None: ``stats``) gives p_value, the AUROC interval and
+    ``n_a_test``/``n_b_test``: the images the test ran on.
 
     Examples
     --------
@@ -47,7 +57,14 @@ def ranked_rows(
     """
     if not stats:
         return []
-    rows = [_row(s, direction, ci_level) for direction in DIRECTIONS for s in stats]
+    by_text = {t.hypothesis: t for t in (stats if tested is None else tested)}
+    if set(by_text) != {s.hypothesis for s in stats}:
+        raise ValueError("tested must hold the same hypotheses as stats")
+    rows = [
+        _row(s, by_text[s.hypothesis], direction, ci_level)
+        for direction in DIRECTIONS
+        for s in stats
+    ]
     q_values = false_discovery_control([r["p_value"] for r in rows], method="bh")
     for row, q in zip(rows, q_values, strict=True):
         row["q_value"] = float(q)
@@ -60,8 +77,11 @@ def ranked_rows(
     return out
 
 
-def _row(s: HypothesisStats, direction: str, ci_level: float) -> dict[str, Any]:
-    low, high = (float(v) for v in auroc_ci(s.auroc, s.auroc_se, level=ci_level))
+def _row(
+    s: HypothesisStats, test: HypothesisStats, direction: str, ci_level: float
+) -> dict[str, Any]:
+    """One row: ranking statistics from ``s`` (every image), the test's from ``test``."""
+    low, high = (float(v) for v in auroc_ci(test.auroc, test.auroc_se, level=ci_level))
     sign = 1.0 if direction == "a" else -1.0
     if direction == "b":
         low, high = 1.0 - high, 1.0 - low
@@ -69,11 +89,12 @@ def _row(s: HypothesisStats, direction: str, ci_level: float) -> dict[str, Any]:
         "direction": direction,
         "hypothesis": s.hypothesis,
         "auroc": s.auroc if direction == "a" else 1.0 - s.auroc,
+        "auroc_test": test.auroc if direction == "a" else 1.0 - test.auroc,  # the CI's AUROC
         "auroc_ci_low": low,
         "auroc_ci_high": high,
         "auroc_error_bound": s.auroc_error_bound,
         "auroc_exact": s.auroc_exact,
-        "p_value": s.p_greater if direction == "a" else s.p_less,
+        "p_value": test.p_greater if direction == "a" else test.p_less,
         "q_value": None,  # over every row of the run: set by ranked_rows
         "significant": None,
         "mean_a": s.mean_a,
@@ -83,4 +104,6 @@ def _row(s: HypothesisStats, direction: str, ci_level: float) -> dict[str, Any]:
         "correct_delta": sign * s.correct_delta,
         "n_a": s.n_a,
         "n_b": s.n_b,
+        "n_a_test": test.n_a,
+        "n_b_test": test.n_b,
     }

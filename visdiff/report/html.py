@@ -57,7 +57,8 @@ def _fmt(value: Any, digits: int | None = 3) -> str:
         return str(value)
     if digits is None or (number != 0 and abs(number) < 1e-3):
         return f"{number:.2g}"
-    return f"{number:.{digits}f}"
+    text = f"{number:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
 
 
 # --------------------------------------------------------------------------- ranked tables
@@ -66,7 +67,8 @@ COLUMNS = (
     ("rank", "#", 0),
     ("hypothesis", "hypothesis", 0),
     ("auroc", "AUROC", 3),
-    ("auroc_ci_low", "95% CI", 3),
+    ("auroc_test", "test AUROC", 3),
+    ("auroc_ci_low", "test CI", 3),
     ("mean_a", "mean A", 3),
     ("mean_b", "mean B", 3),
     ("t_stat", "t", 2),
@@ -305,8 +307,10 @@ def render_report(page: RunPage) -> str:
 <style>{STYLE}</style></head><body>
 <h1>visdiff: {_esc(page.name_a)} <small>vs</small> {_esc(page.name_b)}</h1>
 {_summary(page)}
-<p class="note">Click a column header to sort; greyed rows are not significant. Click a
-hypothesis for its evidence: the images it matches best and worst, and how its CLIP scores are
+<p class="note">AUROC ranks on every image; the test columns (test AUROC, its interval, p, q,
+significant) use only the images the proposer never saw (rank.holdout). Click a column header
+to sort; greyed rows are not significant. Click a
+hypothesis for its evidence: the images it matches best and worst, and how its scores are
 distributed in A and in B.</p>
 {_metrics(page.metrics)}
 {tables}

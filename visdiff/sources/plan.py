@@ -24,6 +24,8 @@ from visdiff.sources.shards.resolve import (
     shard_format,
 )
 
+MIN_IMAGES_PER_SET = 2  # the ranking's tests (AUROC variance, Welch) need two per set
+
 
 @dataclass
 class SetPlan:
@@ -100,3 +102,45 @@ def plan_inputs(data: DataConfig, *, caption_source: str = "model") -> InputPlan
                     "use caption.source=model or auto"
                 )
     return plan
+
+
+def require_enough_images(set_plan: SetPlan, usable: int, *, where: str, fix: str) -> None:
+    """InputError naming the set when fewer than ``MIN_IMAGES_PER_SET`` of its images are
+    usable: one or none leaves nothing to compare."""
+    if usable < MIN_IMAGES_PER_SET:
+        raise InputError(
+            f"set {set_plan.set_name} ('{set_plan.display_name}') has {usable} usable image(s) "
+            f"{where}; ranking needs at least {MIN_IMAGES_PER_SET} per set: {fix}"
+        )
+
+
+def check_set_sizes(plan: InputPlan, data: DataConfig) -> None:
+    """A run's listed sets (folders, manifests) are counted before any model loads; shard sets
+    only when read (the pipeline checks them after decoding). Listing alone (`visdiff embed`)
+    does not need two images."""
+    for set_plan in plan.sets:
+        if set_plan.records is not None:
+            _check_listed_size(set_plan, len(set_plan.records), plan.skipped, data)
+
+
+def _check_listed_size(
+    set_plan: SetPlan, listed: int, skipped: list[dict[str, Any]], data: DataConfig
+) -> None:
+    is_a = set_plan.set_name == schema.SET_A
+    if data.manifest:
+        group = data.group_a if is_a else data.group_b
+        source = f"data.group_{set_plan.set_name} '{group}' of data.manifest '{data.manifest}'"
+        fix = "list more images of that group in the manifest"
+    else:
+        key = f"data.set_{set_plan.set_name}"
+        source = f"{key} folder '{data.set_a if is_a else data.set_b}'"
+        fix = f"add images to that folder or point {key} at a larger one"
+    dropped = sum(1 for s in skipped if s.get("set") == set_plan.set_name)
+    where = f"in {source}" + (f" ({dropped} skipped while listing)" if dropped else "")
+    require_enough_images(set_plan, listed, where=where, fix=fix)
+    cap = data.max_num_samples
+    if 0 < cap < MIN_IMAGES_PER_SET:
+        raise InputError(
+            f"data.max_num_samples={cap} ranks fewer than {MIN_IMAGES_PER_SET} images of set "
+            f"{set_plan.set_name} ('{set_plan.display_name}'); raise it (0 = every image)"
+        )
