@@ -223,9 +223,7 @@ class CacheConfig:
 class RayConfig:
     """Ray: start a local instance or join a cluster."""
 
-    address: str | None = setting(
-        None, 'null: start a local Ray; "auto" or host:port: join a cluster'
-    )
+    address: str | None = setting(None, 'null: a local Ray; "auto" or host:port: join a cluster')
     num_cpus: int | None = setting(None, "local Ray only; null = max(4, cores)")
     object_store_memory_mb: int | None = setting(None, "local Ray only; null = Ray's default")
 
