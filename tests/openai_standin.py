@@ -10,12 +10,15 @@ without a model:
         assert standin.requests[0]["messages"][0]["content"] == "..."
 
 `requests` holds the JSON bodies of all chat-completion requests received (failed ones included),
-`headers` the matching request headers (lower-case names).
+`headers` the matching request headers (lower-case names). `deliver_next` makes the next answer
+hostile in how it is sent: dripped one byte at a time (body or headers), or chunked without a
+Content-Length (so a client cannot refuse an oversized answer before reading it).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -39,6 +42,8 @@ class StandIn:
     _next_answer: int = 0
     _failures: list[int] = field(default_factory=list)  # statuses of the next failing requests
     _raw: list[tuple[int, Any]] = field(default_factory=list)  # verbatim next responses
+    _deliveries: list[Delivery] = field(default_factory=list)  # how the next ones are sent
+    closed: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def fail_next(self, n: int, status: int = 503) -> None:
         """The next `n` chat requests answer HTTP `status` with an OpenAI-style error body and
@@ -50,6 +55,15 @@ class StandIn:
         """The next chat request gets exactly this JSON payload (e.g. a malformed answer)."""
         with self._lock:
             self._raw.append((status, payload))
+
+    def deliver_next(self, delivery: Delivery) -> None:
+        """The next chat request's answer is written the way `delivery` says."""
+        with self._lock:
+            self._deliveries.append(delivery)
+
+    def _delivery(self) -> Delivery:
+        with self._lock:
+            return self._deliveries.pop(0) if self._deliveries else Delivery()
 
     def _record(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
         """Record one chat request and decide the (status, payload) to answer it with."""
@@ -73,25 +87,41 @@ class StandIn:
             answer = self.answers[self._next_answer % len(self.answers)]
             self._next_answer += 1
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-        completion_tokens = len(answer.split())
-        return 200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", STANDIN_MODEL),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+        return 200, chat_completion(answer, body.get("model", STANDIN_MODEL), prompt_tokens)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How one answer is written: `drip_s` > 0 sends one byte every `drip_s` seconds (of the
+    body, or of the status line and headers too with `drip_headers`); `chunked` sends the body
+    in 64 KiB chunks with no Content-Length."""
+
+    drip_s: float = 0.0
+    drip_headers: bool = False
+    chunked: bool = False
+
+
+def chat_completion(answer: str, model: str = STANDIN_MODEL, prompt_tokens: int = 0) -> dict:
+    """An OpenAI chat.completion object whose one choice says `answer`."""
+    completion_tokens = len(answer.split())
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def _error(message: str, code: str) -> dict[str, Any]:
@@ -106,15 +136,43 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
             pass
 
-        def _send(self, status: int, payload: Any) -> None:
+        def _send(self, status: int, payload: Any, how: Delivery | None = None) -> None:
+            how = how or Delivery()
             data = json.dumps(payload).encode()
             self.send_response(status)
             if status >= 500 or status == 429:
                 self.send_header("retry-after-ms", "10")
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            if how.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(data)))
+            if how.drip_s > 0 and how.drip_headers:
+                head = b"".join(self._headers_buffer) + b"\r\n"
+                self._headers_buffer = []
+                self._drip(head, how.drip_s)
+            else:
+                self.end_headers()
+            if how.chunked:
+                for start in range(0, len(data), 1 << 16):
+                    piece = data[start : start + (1 << 16)]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+            elif how.drip_s > 0:
+                self._drip(data, how.drip_s)
+            else:
+                self.wfile.write(data)
+
+        def _drip(self, data: bytes, interval_s: float) -> None:
+            """One byte per interval, until done, the client hangs up or the stand-in stops."""
+            for i in range(len(data)):
+                try:
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+                if standin.closed.wait(interval_s):
+                    return
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
@@ -139,9 +197,18 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 return
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, payload = standin._record(body, headers)
-            self._send(status, payload)
+            self._send(status, payload, standin._delivery())
 
     return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer (deadline, size cap) is expected, not an error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @contextmanager
@@ -150,8 +217,7 @@ def serve_standin(answers: list[str], *, require_key: str | None = None) -> Iter
     if not answers:
         raise ValueError("serve_standin needs at least one canned answer")
     standin = StandIn(base_url="", answers=list(answers), require_key=require_key)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(standin))
-    server.daemon_threads = True
+    server = _QuietServer(("127.0.0.1", 0), _handler_for(standin))
     standin.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     thread = threading.Thread(
         target=server.serve_forever,
@@ -163,6 +229,7 @@ def serve_standin(answers: list[str], *, require_key: str | None = None) -> Iter
     try:
         yield standin
     finally:
+        standin.closed.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -3,9 +3,11 @@ error naming the input and a non-zero exit code."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -191,3 +193,67 @@ def test_keys_survives_a_closed_pipe():
     )
     assert shell.returncode == 0 and len(shell.stdout.splitlines()) == 3
     assert shell.stderr == ""
+
+
+def _unexpected_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("visdiff:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("visdiff: unexpected error: RuntimeError: yaml writer broke ")
+    return lines[0]
+
+
+def test_unexpected_error_is_one_line_and_a_traceback_in_the_run_folder(
+    tmp_path, image_folder, monkeypatch, capsys
+):
+    """A library raising what we never expect (here omegaconf, while config.yaml is written
+    inside the run) is not a bare trace: one line, exit 70, the trace in the run folder."""
+    from omegaconf import OmegaConf
+
+    from visdiff.cli import UNEXPECTED_EXIT_CODE, main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("yaml writer broke\nsecond line")
+
+    Image.new("RGB", (16, 16), "blue").save(image_folder / "y.jpg")
+    manifest = image_folder / "m.csv"
+    rows = [f"{name},{group},a {group} square" for name in ("x.jpg", "y.jpg") for group in "ab"]
+    manifest.write_text("path,group_name,caption\n" + "\n".join(rows) + "\n")
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(OmegaConf, "to_yaml", broken)
+    code = main(
+        [
+            "describe",
+            "models=offline",
+            f"data.manifest={manifest}",
+            "data.group_a=a",
+            "data.group_b=b",
+            f"output_dir={run_dir}",
+        ]
+    )
+    assert code == UNEXPECTED_EXIT_CODE == 70
+    line = _unexpected_line(capsys.readouterr().err)
+    assert line.endswith(f"(full traceback: {run_dir / 'traceback.txt'})")
+    trace = (run_dir / "traceback.txt").read_text()
+    assert trace.startswith("Traceback") and "second line" in trace and "to_yaml" in trace
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["exit_code"] == 70
+    assert status["traceback"] == "traceback.txt" and "yaml writer broke" in status["error"]
+
+
+def test_unexpected_error_before_the_run_folder_goes_to_a_temp_file(
+    tmp_path, image_folder, monkeypatch, capsys
+):
+    import yaml
+
+    from visdiff.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("yaml writer broke")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(yaml, "safe_dump", broken)  # `visdiff keys --yaml` renders with it
+    assert main(["keys", "--yaml"]) == 70
+    line = _unexpected_line(capsys.readouterr().err)
+    path = Path(line.rsplit("(full traceback: ", 1)[1].rstrip(")"))
+    assert path.parent == tmp_path and path.name.startswith("visdiff-traceback-")
+    assert "RuntimeError: yaml writer broke" in path.read_text()

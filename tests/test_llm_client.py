@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from openai_standin import serve_standin
+from openai_standin import Delivery, chat_completion, serve_standin
 
 from visdiff.errors import LLMError
 from visdiff.llm.client import ChatClient, ChatReply, HTTPChatClient
@@ -178,3 +178,57 @@ def test_client_survives_pickling_after_use() -> None:
         clone = pickle.loads(pickle.dumps(client))
         assert clone.reply(MESSAGES, temperature=0, max_tokens=4).text == "b"
         assert standin.headers[1]["authorization"] == "Bearer k"
+
+
+def test_a_dripping_body_is_cut_at_the_deadline() -> None:
+    """One byte per 0.2 s never trips a per-read timeout: the total deadline must."""
+    with serve_standin(["a long enough answer " * 20]) as standin:
+        standin.deliver_next(Delivery(drip_s=0.2))
+        client = _client(standin.base_url, timeout_s=1.0, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(LLMError) as info:
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
+        waited = time.monotonic() - started
+    message = str(info.value)
+    assert 0.9 < waited < 3.0  # loose: the machine may be loaded
+    assert f"{standin.base_url}/chat/completions" in message
+    assert "llm.timeout_s=1 s" in message and "\n" not in message
+    assert len(standin.requests) == 1
+
+
+def test_dripping_headers_get_one_deadline_per_attempt() -> None:
+    with serve_standin(["unused"]) as standin:
+        for _ in range(2):
+            standin.deliver_next(Delivery(drip_s=0.2, drip_headers=True))
+        client = _client(standin.base_url, timeout_s=1.0, max_retries=1)
+        started = time.monotonic()
+        with pytest.raises(LLMError, match=r"llm\.timeout_s=1 s .*2 attempt") as info:
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
+        waited = time.monotonic() - started
+    assert 1.8 < waited < 2 * (1.0 + 1.5) + 1.0  # two deadlines plus the SDK's backoff
+    assert len(standin.requests) == 2
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_answer_is_refused(chunked: bool) -> None:
+    with serve_standin(["unused"]) as standin:
+        client = _client(standin.base_url, max_answer_bytes=10_000)
+        standin.respond_next(chat_completion("x" * 9_000))
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).text == "x" * 9_000
+        standin.respond_next(chat_completion("x" * 300_000))
+        standin.deliver_next(Delivery())
+        standin.deliver_next(Delivery(chunked=chunked))
+        with pytest.raises(LLMError) as info:
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
+    message = str(info.value)
+    assert "llm.max_answer_bytes=10000" in message and "refused" in message
+    assert len(standin.requests) == 2  # not retried
+
+
+def test_a_chunked_answer_is_read_whole() -> None:
+    with serve_standin(["unused"]) as standin:
+        standin.respond_next(chat_completion("ok"))
+        standin.deliver_next(Delivery(chunked=True))
+        client = _client(standin.base_url)
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).text == "ok"

@@ -6,14 +6,18 @@ import random
 
 import pytest
 
-from visdiff.config import ProposeConfig
+from tests.openai_standin import serve_standin
+from visdiff.config import LLMConfig, ProposeConfig
 from visdiff.errors import ConfigError, InputError
+from visdiff.llm.client import HTTPChatClient
 from visdiff.propose.prompts import (
+    ELLIPSIS,
     PLACEHOLDERS,
     RefineItem,
     build_proposer_messages,
     build_refine_messages,
     check_template,
+    cut_caption,
     get_prompt,
     list_prompts,
     load_prompt,
@@ -21,6 +25,7 @@ from visdiff.propose.prompts import (
     single_line,
     strip_prompt_echo,
 )
+from visdiff.propose.proposer import RoundInput, proposal_rows, propose_round
 from visdiff.sampling import sample_for_round, stable_fraction
 
 CAPTIONS_A = ["a woman doing a handstand on a mountain", "yoga at sunset {by the sea}"]
@@ -325,3 +330,37 @@ def test_stable_fraction():
     assert 25 <= kept <= 75
     with pytest.raises(TypeError):
         stable_fraction(123, 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("caption", "max_chars", "expected"),
+    [
+        ("a dog on a sofa", 15, "a dog on a sofa"),  # fits: unchanged
+        ("a dog on a sofa", 12, "a dog on a" + ELLIPSIS),  # cut after the last whole word
+        ("a dog on a sofa", 11, "a dog on a" + ELLIPSIS),  # the word fits exactly
+        ("a dogonasofa", 8, "a dogon" + ELLIPSIS),  # one long word: cut mid-word
+    ],
+)
+def test_cut_caption(caption, max_chars, expected):
+    cut, was_cut = cut_caption(caption, max_chars)
+    assert cut == expected and len(cut) <= max_chars
+    assert was_cut == (caption != expected)
+
+
+def test_a_runaway_caption_is_cut_and_counted():
+    """A 10 000-character caption reaches the LLM as at most propose.max_caption_chars, once."""
+    runaway = " ".join(["sunlit"] * 1428) + " ends"  # 10 000 characters
+    assert len(runaway) == 10_000
+    cfg = ProposeConfig(max_caption_chars=200)
+    round_input = RoundInput(0, ["a0", "a1"], ["b0"], [runaway, "a short one"], ["a cat"])
+    with serve_standin(["* sunlit rooms"]) as standin:
+        client = HTTPChatClient(standin.base_url, "m")
+        proposal = propose_round(client, round_input, CLIP_FRIENDLY, cfg, LLMConfig(), seed=0)
+    sent = standin.requests[0]["messages"][-1]["content"]
+    (line,) = [line for line in sent.splitlines() if line.startswith("1. sunlit")]
+    shown = line.removeprefix("1. ")
+    assert 150 < len(shown) <= 200 and shown.endswith(ELLIPSIS) and "ends" not in sent
+    assert "2. a short one" in sent and "1. a cat" in sent
+    assert proposal.captions_cut == 1
+    assert proposal.captions_a == [shown, "a short one"]
+    assert [row["captions_cut"] for row in proposal_rows([proposal])] == [1]

@@ -264,6 +264,42 @@ def test_webdataset_sample_without_image(tmp_path: Path) -> None:
     assert rows[1][URI] == f"{shard}#001"
 
 
+def test_webdataset_link_and_device_members_are_counted(tmp_path: Path) -> None:
+    shard = tmp_path / "links.tar"
+    with tarfile.open(shard, "w") as tar:
+        directory = tarfile.TarInfo("sub")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)  # structure: neither used nor counted
+        add_member(tar, "sub/000.jpg", encoded(RED))
+        for name, kind in (
+            ("sub/001.jpg", tarfile.SYMTYPE),
+            ("sub/002.jpg", tarfile.LNKTYPE),
+            ("sub/003.jpg", tarfile.CHRTYPE),
+            ("sub/004.jpg", tarfile.FIFOTYPE),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "sub/000.jpg" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            tar.addfile(info)
+        add_member(tar, "sub/005.txt", b"a caption whose image is a link")
+        link = tarfile.TarInfo("sub/005.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    rows = list(iter_webdataset_shard(str(shard), set_name="a"))
+    got = [(row[ID], row[ERROR].split(" (")[0]) for row in rows]
+    assert got == [
+        ("a/links.tar/sub/001.jpg", "tar_link: sub/001.jpg -> sub/000.jpg"),
+        ("a/links.tar/sub/002.jpg", "tar_link: sub/002.jpg -> sub/000.jpg"),
+        ("a/links.tar/sub/003.jpg", "not_a_file: sub/003.jpg"),
+        ("a/links.tar/sub/004.jpg", "not_a_file: sub/004.jpg"),
+        ("a/links.tar/sub/000", ""),
+        ("a/links.tar/sub/005.jpg", "tar_link: sub/005.jpg -> /etc/passwd"),
+        ("a/links.tar/sub/005", "no_image: sub/005"),
+    ]
+    assert all(row[IMAGE_BYTES] == b"" for row in rows if row[ERROR])
+    decode_image(rows[4][IMAGE_BYTES])
+
+
 def test_truncated_webdataset_keeps_complete_samples(tmp_path: Path) -> None:
     samples = [(f"{i:03d}", RED, "JPEG", "jpg", f"caption {i}") for i in range(6)]
     data = write_webdataset(tmp_path / "full.tar", samples).read_bytes()

@@ -275,7 +275,13 @@ def test_folders_recursive_filtered_sorted(tmp_path: Path):
     assert sets.a[0].uri == str(root / "A.PNG")
     assert [r.id for r in sets.b] == ["b/only.png"]
     assert (sets.name_a, sets.name_b) == ("set_a", "set_b")
-    assert sets.skipped == []
+    reasons = {(s["uri"][len(str(root)) + 1 :], s["set"], s["reason"]) for s in sets.skipped}
+    assert reasons == {
+        (".cache/x.jpg", "a", "hidden"),
+        (".hidden.jpg", "a", "hidden"),
+        ("data.json", "a", "not_an_image"),
+        ("notes.txt", "a", "not_an_image"),
+    }
     assert all(r.caption == "" for r in sets.records())
 
 

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import tempfile
+import traceback
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from visdiff.config import DescribeConfig, key_docs, load_config, render_base_yaml, yaml_value
-from visdiff.errors import ConfigError, VisdiffError
+from visdiff.errors import ConfigError, VisdiffError, first_line
+
+if TYPE_CHECKING:  # the CLI imports the rest of visdiff inside `main`'s error handling
+    from visdiff.config import DescribeConfig
 
 log = logging.getLogger("visdiff")
+
+# sysexits' EX_SOFTWARE: not a config, input, model or LLM problem but a bug or an unforeseen
+# failure (a missing package, a library raising what we did not expect).
+UNEXPECTED_EXIT_CODE = 70
 
 DESCRIPTION = """\
 Describe, in plain language, how image set A differs from image set B.
@@ -39,7 +49,8 @@ settings: key=value pairs (list: `visdiff keys`) win over --config FILE, which w
 results: output_dir gets ranked.json, report.html, stats.json and the resolved config.yaml;
   status.json, written last, says complete or failed. A non-empty output_dir is refused
   unless --overwrite is given.
-exit codes: 0 done, 2 config error, 3 bad input, 4 model unavailable, 5 LLM failure.
+exit codes: 0 done, 2 config error, 3 bad input, 4 model unavailable, 5 LLM failure,
+  70 unexpected error (one line on stderr; the full traceback is written to a file it names).
 """
 
 VERBOSE_HELP = "also show Ray Data's own per-operator progress bars and execution logs"
@@ -129,6 +140,8 @@ def _setup_logging() -> None:
 
 def keys_listing(prefix: str = "") -> list[str]:
     """`key=default  # description` lines: each pastes as an override (or a shell line)."""
+    from visdiff.config import key_docs, yaml_value
+
     docs = [d for d in key_docs() if d.key.startswith(prefix)]
     if not docs:
         sections = sorted({d.key.split(".")[0] for d in key_docs()})
@@ -187,8 +200,24 @@ def run_embed(config: DescribeConfig, *, verbose: bool = False) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace, base_file: Path | None = None) -> DescribeConfig:
+    """The command's config; its output_dir is kept on `args` for the unexpected-error file."""
+    from visdiff.config import load_config
+
+    overrides = _overrides(args)
+    if args.command == "demo":
+        from visdiff.demo import demo_overrides
+
+        overrides = [*demo_overrides(args.root), *overrides]
+    config = load_config(getattr(args, "config", None), overrides, base_file=base_file)
+    args.output_dir = config.output_dir
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "keys":
+        from visdiff.config import render_base_yaml
+
         lines = [render_base_yaml()] if args.yaml else [f"{x}\n" for x in keys_listing(args.prefix)]
         sys.stdout.writelines(lines)
         return 0
@@ -199,14 +228,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Report: {write_report(RunFolder(args.run_dir))}")
         return 0
     if args.command == "demo":
-        from visdiff.demo import demo_overrides
-
-        overrides = [*demo_overrides(args.root), *_overrides(args)]
-        config = load_config(None, overrides, base_file=_default_base())
-        return run_describe(config, verbose=args.verbose)
+        return run_describe(_load(args, _default_base()), verbose=args.verbose)
     if args.command == "embed":
-        return run_embed(load_config(args.config, _overrides(args)), verbose=args.verbose)
-    return run_describe(load_config(args.config, _overrides(args)), verbose=args.verbose)
+        return run_embed(_load(args), verbose=args.verbose)
+    return run_describe(_load(args), verbose=args.verbose)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -230,6 +255,45 @@ def main(argv: list[str] | None = None) -> int:
         # docs advise, point stdout at devnull so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug or an unforeseen failure: one line + a traceback file
+        return _unexpected(exc, getattr(args, "output_dir", None))
+
+
+def _unexpected(exc: Exception, output_dir: str | None) -> int:
+    """One line on stderr naming a file that holds the full traceback: traceback.txt in the run
+    folder when it is local and its status.json records this failure (status.json then names
+    the file), else a visdiff-traceback-*.txt temp file (an earlier run's folder is left as is)."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        path = _write_traceback(text, exc, output_dir)
+        where = f"full traceback: {path}"
+    except OSError as write_error:
+        where = f"the traceback could not be written: {first_line(write_error, typed=True)}"
+    line = first_line(exc, typed=True)
+    print(f"visdiff: unexpected error: {line} ({where})", file=sys.stderr)
+    return UNEXPECTED_EXIT_CODE
+
+
+def _write_traceback(text: str, exc: Exception, output_dir: str | None) -> str:
+    from visdiff.io import storage
+    from visdiff.report.writers import STATUS, TRACEBACK, RunFolder, one_line
+
+    if output_dir and not storage.is_remote(output_dir):
+        folder = RunFolder(output_dir)
+        try:
+            status = json.loads(storage.read_bytes(folder.path(STATUS)))
+            if status.get("state") == "failed" and status.get("error") == one_line(exc)[:2000]:
+                folder.write_text(TRACEBACK, text)
+                status.update(exit_code=UNEXPECTED_EXIT_CODE, traceback=TRACEBACK)
+                folder.write_json(STATUS, status)
+                return os.path.join(folder.display(), TRACEBACK)
+        except (OSError, ValueError, AttributeError):
+            pass  # no status.json of this run, or a read-only folder: the temp file below
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="visdiff-traceback-", suffix=".txt", delete=False, encoding="utf-8"
+    ) as handle:
+        handle.write(text)
+        return handle.name
 
 
 def _default_base() -> Path | None:

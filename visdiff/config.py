@@ -121,7 +121,10 @@ class LLMConfig:
     )
     temperature: float = setting(0.7, "sampling temperature of the proposer")
     max_tokens: int = setting(256, "longest LLM answer, in tokens")
-    timeout_s: float = setting(300.0, "seconds to wait for one LLM answer")
+    timeout_s: float = setting(
+        300.0, "deadline (s) of each LLM request attempt, from connect to the whole answer"
+    )
+    max_answer_bytes: int = setting(1 << 20, "larger LLM answers are refused (an error, not cut)")
     http_host: str = setting("127.0.0.1", "where Serve's HTTP proxy listens (backend=serve)")
     http_port: int = setting(8000, "port of Serve's HTTP proxy (backend=serve)")
     route_prefix: str = setting("/visdiff-llm", "URL prefix of the Serve app")
@@ -161,6 +164,9 @@ class ProposeConfig:
         0, "LLM rounds sharpening the top hypotheses after ranking; 0 = off"
     )
     refine_top_k: int = setting(5, "top hypotheses (with A images they miss) shown per refinement")
+    max_caption_chars: int = setting(
+        500, "longer captions are cut for the LLM (counted: captions_cut)"
+    )
 
 
 @dataclass
@@ -513,6 +519,7 @@ BOUNDS: dict[str, Bound] = {
     "llm.temperature": Bound(0, 2),
     "llm.max_tokens": Bound(1, 131_072),
     "llm.timeout_s": Bound(0, 86_400, open_low=True, note="seconds"),
+    "llm.max_answer_bytes": Bound(1024, 1 << 30, note="bytes"),
     "llm.http_port": Bound(1, 65_535),
     "llm.num_replicas": Bound(1, 1000),
     "llm.num_cpus": CPUS,
@@ -523,6 +530,7 @@ BOUNDS: dict[str, Bound] = {
     "propose.merge_similarity": Bound(-1, 1, note="cosine similarity"),
     "propose.refine_rounds": Bound(0, 100, note="0 = off"),
     "propose.refine_top_k": Bound(1, 100),
+    "propose.max_caption_chars": Bound(10, 100_000),
     "rank.classify_threshold": Bound(-1, 1, note="cosine similarity"),
     "rank.exact_cap": Bound(1, 10**9),
     "rank.histogram_bins": Bound(2, 10**6),

@@ -87,7 +87,11 @@ def open_judge(
         yield proposer, _proposer_model(llm_cfg)
         return
     client = HTTPChatClient.from_env(
-        endpoint.base_url, endpoint.model, endpoint.api_key_env, timeout_s=llm_cfg.timeout_s
+        endpoint.base_url,
+        endpoint.model,
+        endpoint.api_key_env,
+        timeout_s=llm_cfg.timeout_s,
+        max_answer_bytes=llm_cfg.max_answer_bytes,
     )
     try:
         yield client, endpoint.model

@@ -8,9 +8,11 @@ is slow and every Ray worker reads many objects from the same bucket.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
@@ -137,32 +139,105 @@ def is_file(uri: str) -> bool:
     return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
-def list_files(uri: str, *, recursive: bool = True, missing_ok: bool = False) -> list[str]:
-    """Sorted paths/URIs of the regular files under a folder (same form as `uri`).
+@dataclass
+class FileListing:
+    """A folder's regular files, and every other entry met with why it is not one: a listing
+    that drops nothing unaccounted (broken links, loops, sockets, ... are reported, not lost)."""
 
-    Local symlinks to files are listed; symlinked folders are not followed (avoids loops). A
-    missing folder raises FileNotFoundError, or gives [] with `missing_ok`.
-    """
-    if not is_remote(uri):
-        root = local_path(uri)
-        found: list[str] = []
+    files: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason code)
+
+
+# Reason codes of entries that are not readable regular files.
+BROKEN_LINK = "broken_link"
+LINK_LOOP = "link_loop"
+LINKED_FOLDER = "linked_folder"  # not followed: it may loop or leave the folder
+NOT_A_FILE = "not_a_file"  # fifo, socket, device, or an object store's unknown type
+UNREADABLE = "unreadable"
+
+
+def _link_target_kind(path: str) -> str | None:
+    """None for a symlink to a readable file, else the reason code for skipping it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return BROKEN_LINK
+    except OSError as exc:
+        return LINK_LOOP if exc.errno == errno.ELOOP else UNREADABLE
+    if stat.S_ISDIR(mode):
+        return LINKED_FOLDER
+    if not stat.S_ISREG(mode):
+        return NOT_A_FILE
+    return None if os.access(path, os.R_OK) else UNREADABLE
+
+
+def _entry_problem(entry: os.DirEntry[str]) -> str | None:
+    """None for a readable regular file (or a symlink to one), else why it is skipped."""
+    if entry.is_symlink():
+        return _link_target_kind(entry.path)
+    if not entry.is_file(follow_symlinks=False):
+        return NOT_A_FILE
+    return None if os.access(entry.path, os.R_OK) else UNREADABLE
+
+
+def _scan_local(root: str, recursive: bool, listing: FileListing) -> None:
+    """Walk `root` (raises for the root itself); a sub-folder that cannot be opened is one
+    `unreadable` entry."""
+    pending = [root]
+    while pending:
+        folder = pending.pop()
         try:
-            if recursive:
-                for folder, _dirs, names in os.walk(root):
-                    found.extend(os.path.join(folder, name) for name in names)
-            else:
-                with os.scandir(root) as entries:
-                    found.extend(e.path for e in entries if e.is_file())
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError:
+            if folder == root:
+                raise
+            listing.skipped.append((folder, UNREADABLE))
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    pending.append(entry.path)
+                continue
+            problem = _entry_problem(entry)
+            if problem is None:
+                listing.files.append(entry.path)
+            elif recursive or problem != LINKED_FOLDER:  # flat listings skip folders silently
+                listing.skipped.append((entry.path, problem))
+
+
+def scan_files(uri: str, *, recursive: bool = True, missing_ok: bool = False) -> FileListing:
+    """The regular files under a folder (sorted, same form as `uri`) and the other entries with
+    their reason code. Folders are walked, not counted; symlinks to files are files; symlinked
+    folders are not followed (they may loop). A missing folder raises FileNotFoundError, or
+    gives an empty listing with `missing_ok`."""
+    listing = FileListing()
+    if not is_remote(uri):
+        try:
+            _scan_local(local_path(uri), recursive, listing)
         except FileNotFoundError:
             if not missing_ok:
                 raise
-        return sorted(p for p in found if os.path.isfile(p))
+        listing.files.sort()
+        listing.skipped.sort()
+        return listing
     from pyarrow import fs as pafs
 
     filesystem, path = _remote(uri)
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=missing_ok)
-    infos = filesystem.get_file_info(selector)
-    return sorted(_join_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)
+    for info in filesystem.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            listing.files.append(_join_uri(uri, info.path))
+        elif info.type != pafs.FileType.Directory:
+            listing.skipped.append((_join_uri(uri, info.path), NOT_A_FILE))
+    listing.files.sort()
+    listing.skipped.sort()
+    return listing
+
+
+def list_files(uri: str, *, recursive: bool = True, missing_ok: bool = False) -> list[str]:
+    """Sorted paths/URIs of the regular files under a folder (see `scan_files`)."""
+    return scan_files(uri, recursive=recursive, missing_ok=missing_ok).files
 
 
 def entry_names(uri: str) -> list[str]:

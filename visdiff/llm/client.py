@@ -5,22 +5,31 @@ interchangeable; the SDK does the retries (connection errors, 408/409/429/5xx, w
 honours `Retry-After`) and parses the typed `ChatCompletion`. What visdiff adds: a failed call
 raises `LLMError` with one line naming the endpoint and the fix, error text is never returned as
 if it were the model's answer, and the API key never appears in messages, logs or repr.
+
+Bounds: `timeout_s` is a total deadline per attempt (connect + every read, see `deadline.py`),
+and an answer larger than `max_answer_bytes` is refused, not cut (a cut JSON answer cannot be
+parsed, and a half answer would read as a whole one). The raw response is streamed so that
+neither a slow nor a huge answer is read beyond its bound.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
 from visdiff.errors import LLMError, first_line
+from visdiff.llm.deadline import Deadline, http_client_with_deadline
 
 _MAX_ERROR_CHARS = 500
 # Local servers need no key, but the SDK insists on one: this one is sent and ignored.
 _NO_KEY = "no-key"
+DEFAULT_MAX_ANSWER_BYTES = 1 << 20
 _FIXES = {
     401: "check the key in the env var named by llm.api_key_env",
     403: "check the key in the env var named by llm.api_key_env",
@@ -60,17 +69,25 @@ class HTTPChatClient:
         api_key: str | None = None,
         timeout_s: float = 300.0,
         max_retries: int = 2,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise LLMError(f"LLM base_url '{base_url}' must start with http:// or https://")
         if max_retries < 0:
             raise LLMError(f"max_retries must be >= 0, got {max_retries}")
+        if not timeout_s > 0 or max_answer_bytes < 1:
+            raise LLMError(
+                f"timeout_s must be > 0 and max_answer_bytes >= 1, got {timeout_s}, "
+                f"{max_answer_bytes}"
+            )
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
+        self.max_answer_bytes = int(max_answer_bytes)
         self._api_key = api_key or None
         self._sdk: openai.OpenAI | None = None
+        self._deadline: Deadline | None = None
 
     @classmethod
     def from_env(
@@ -100,17 +117,22 @@ class HTTPChatClient:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_sdk"] = None
+        state["_deadline"] = None
         return state
 
-    def _client(self) -> openai.OpenAI:
-        if self._sdk is None:
+    def _client(self) -> tuple[openai.OpenAI, Deadline]:
+        if self._sdk is None or self._deadline is None:
+            self._deadline = Deadline(self.timeout_s)
             self._sdk = openai.OpenAI(
                 base_url=self.base_url,
                 api_key=self._api_key or _NO_KEY,
                 timeout=self.timeout_s,
                 max_retries=self.max_retries,
+                http_client=http_client_with_deadline(
+                    self._deadline, openai.DEFAULT_CONNECTION_LIMITS
+                ),
             )
-        return self._sdk
+        return self._sdk, self._deadline
 
     def close(self) -> None:
         if self._sdk is not None:
@@ -134,11 +156,67 @@ class HTTPChatClient:
         }
         if seed is not None:
             request["seed"] = seed
+        sdk, deadline = self._client()
         try:
-            completion = self._client().chat.completions.create(**request)
+            # Non-streaming request, raw response streamed: read under the deadline and the cap.
+            with sdk.chat.completions.with_streaming_response.create(**request) as response:
+                body = self._read_answer(response, deadline)
         except openai.APIError as exc:
             raise self._error(exc) from None
-        return self._reply_of(completion)
+        finally:
+            deadline.clear()
+        return self._reply_of(self._parse(body))
+
+    def _read_answer(self, response: Any, deadline: Deadline) -> bytes:
+        """The body, refused past `max_answer_bytes` or past the attempt's deadline."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_answer_bytes:
+            raise self._too_big()
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_answer_bytes:
+                    raise self._too_big()
+                chunks.append(chunk)
+                if deadline.passed:  # backstop where the socket deadline is not installed
+                    raise httpx2.ReadTimeout("deadline passed")
+        except httpx2.TimeoutException:
+            raise self._timed_out("finish its answer", "the answer is not retried") from None
+        except httpx2.TransportError as exc:
+            raise LLMError(
+                f"LLM endpoint {self.url} broke off its answer: "
+                f"{self._scrub(first_line(exc, typed=True))}; see the server's log"
+            ) from None
+        return b"".join(chunks)
+
+    def _too_big(self) -> LLMError:
+        return LLMError(
+            f"LLM endpoint {self.url} sent an answer larger than llm.max_answer_bytes="
+            f"{self.max_answer_bytes} bytes; it is refused, not cut: raise llm.max_answer_bytes "
+            "or lower llm.max_tokens"
+        )
+
+    def _timed_out(self, what: str, tries: str) -> LLMError:
+        return LLMError(
+            f"LLM endpoint {self.url} did not {what} within llm.timeout_s={self.timeout_s:g} s "
+            f"(a total deadline per attempt; {tries}); raise llm.timeout_s or use a faster "
+            "model or server"
+        )
+
+    def _parse(self, body: bytes) -> Any:
+        """The JSON answer as a ChatCompletion (built without validation, as the SDK does);
+        any other JSON value is returned as is for `_reply_of` to refuse."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            shown = first_line(body.decode("utf-8", "replace") or "(empty)", _MAX_ERROR_CHARS)
+            raise LLMError(
+                f"LLM endpoint {self.url} answered something that is not JSON: "
+                f"{self._scrub(shown)!r}"
+            ) from None
+        return ChatCompletion.model_construct(**data) if isinstance(data, dict) else data
 
     def _scrub(self, text: str) -> str:
         """Servers sometimes echo the key they rejected; never let it into an exception."""
@@ -149,10 +227,7 @@ class HTTPChatClient:
     def _error(self, exc: openai.APIError) -> LLMError:
         tries = f"{self.max_retries + 1} attempt(s)"
         if isinstance(exc, openai.APITimeoutError):
-            return LLMError(
-                f"LLM endpoint {self.url} did not answer within {self.timeout_s:g} s "
-                f"({tries}); raise llm.timeout_s or use a faster model"
-            )
+            return self._timed_out("answer", tries)
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
             return LLMError(

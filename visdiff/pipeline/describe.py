@@ -75,6 +75,7 @@ def open_llm(cfg: LLMConfig) -> Iterator[ChatClient | None]:
             cfg.external_model or cfg.served_model_name,
             cfg.api_key_env,
             timeout_s=cfg.timeout_s,
+            max_answer_bytes=cfg.max_answer_bytes,
         )
         return
     from visdiff.serving.launch import chat_client_for, start_llm_app, stop_llm_app

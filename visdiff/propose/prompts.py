@@ -13,7 +13,9 @@ the same phrasing rules as clip_friendly.
 Captions come from users or models, so each is squeezed onto one line before it is placed in the
 prompt: a caption cannot add lines that would read as new instructions or as captions of the
 other group. A captioner that echoes its own prompt ("Describe this image in detail. A dog ...")
-has that echo removed first.
+has that echo removed first. A caption longer than `propose.max_caption_chars` is then cut at a
+word boundary and ends in "…" (`llm_captions` counts the cut ones), so one runaway caption cannot
+fill the LLM's context.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from visdiff.errors import ConfigError, InputError
 # Everything str.splitlines() would break on, plus tab and unit separator: become spaces.
 _BREAKS = frozenset("\t\n\r\v\f\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 _SPACE_RUNS = re.compile(r" {2,}")
+ELLIPSIS = "…"
 
 PLACEHOLDERS: dict[str, str] = {
     "captions_a": 'captions of group A, one numbered line each ("1. a dog on a sofa")',
@@ -266,6 +269,32 @@ def clean_caption(caption: str, caption_prompt: str | None = None) -> str:
     return single_line(strip_prompt_echo(single_line(caption), caption_prompt)) or "(no caption)"
 
 
+def cut_caption(caption: str, max_chars: int) -> tuple[str, bool]:
+    """(caption, was it cut): at most `max_chars` characters, cut after the last whole word
+    that fits beside "…" (mid-word only when that word is over half the room)."""
+    if len(caption) <= max_chars:
+        return caption, False
+    room = max(max_chars - len(ELLIPSIS), 0)
+    head = caption[:room]
+    if caption[room : room + 1] != " ":
+        space = head.rfind(" ")
+        if space > room // 2:
+            head = head[:space]
+    return head.rstrip() + ELLIPSIS, True
+
+
+def llm_captions(
+    captions: list[str], caption_prompt: str | None = None, max_chars: int | None = None
+) -> tuple[list[str], int]:
+    """The captions as the LLM sees them (`clean_caption`, then cut to `max_chars` when given)
+    and how many of them were cut."""
+    cleaned = [clean_caption(c, caption_prompt) for c in captions]
+    if max_chars is None:
+        return cleaned, 0
+    cut = [cut_caption(c, max_chars) for c in cleaned]
+    return [c for c, _ in cut], sum(was_cut for _, was_cut in cut)
+
+
 def _numbered(captions: list[str]) -> str:
     return "\n".join(f"{number}. {caption}" for number, caption in enumerate(captions, start=1))
 
@@ -277,10 +306,12 @@ def build_proposer_messages(
     *,
     max_hypotheses: int,
     caption_prompt: str | None = None,
+    max_caption_chars: int | None = None,
 ) -> list[dict[str, str]]:
     """OpenAI chat messages asking for differences that favour group A.
 
-    `caption_prompt`: the captioner's prompt, removed where a caption starts with it."""
+    `caption_prompt`: the captioner's prompt, removed where a caption starts with it.
+    `max_caption_chars`: longer captions are cut (see `llm_captions`)."""
     if max_hypotheses < 1:
         raise ConfigError(
             f"config key 'propose.max_hypotheses_per_round' must be >= 1, got {max_hypotheses}"
@@ -291,8 +322,8 @@ def build_proposer_messages(
                 f"no captions for set {label}: the proposer needs at least one captioned image "
                 "per set (check that the set is not empty and that captioning succeeded)"
             )
-    clean_a = [clean_caption(c, caption_prompt) for c in captions_a]
-    clean_b = [clean_caption(c, caption_prompt) for c in captions_b]
+    clean_a, _ = llm_captions(captions_a, caption_prompt, max_caption_chars)
+    clean_b, _ = llm_captions(captions_b, caption_prompt, max_caption_chars)
     values = {
         "captions_a": _numbered(clean_a),
         "captions_b": _numbered(clean_b),
@@ -307,7 +338,11 @@ def build_proposer_messages(
 
 
 def build_refine_messages(
-    items: list[RefineItem], *, max_hypotheses: int, caption_prompt: str | None = None
+    items: list[RefineItem],
+    *,
+    max_hypotheses: int,
+    caption_prompt: str | None = None,
+    max_caption_chars: int | None = None,
 ) -> list[dict[str, str]]:
     """OpenAI chat messages asking for sharper concepts than `items` (best first)."""
     if not items:
@@ -315,7 +350,7 @@ def build_refine_messages(
     blocks = []
     for number, item in enumerate(items, start=1):
         lines = [f'{number}. "{single_line(item.hypothesis)}" (AUROC {item.auroc:.2f})']
-        misses = [clean_caption(c, caption_prompt) for c in item.misses]
+        misses, _ = llm_captions(item.misses, caption_prompt, max_caption_chars)
         lines += [f"   - {c}" for c in misses] or ["   - (no caption available)"]
         blocks.append("\n".join(lines))
     values = {"scored": "\n".join(blocks), "num_hypotheses": str(max_hypotheses)}

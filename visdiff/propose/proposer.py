@@ -4,7 +4,8 @@ A refinement round (`propose_refinement`) shows the best ranked hypotheses inste
 
 Every proposal keeps its provenance (round, sampled image ids and their captions, the prompt
 sent, the hypotheses it refines) and says whether the answer was cut at the token limit
-(`truncated`; its unfinished last line is dropped)."""
+(`truncated`; its unfinished last line is dropped) and how many captions were cut to
+propose.max_caption_chars before they were sent (`captions_cut`)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from visdiff.propose.prompts import (
     RefineItem,
     build_proposer_messages,
     build_refine_messages,
-    clean_caption,
+    llm_captions,
     load_prompt,
 )
 
@@ -59,6 +60,7 @@ class Proposal:
     captions_a: list[str] = field(default_factory=list)  # as the LLM saw them, aligned with ids_a
     captions_b: list[str] = field(default_factory=list)
     refined_from: list[str] = field(default_factory=list)  # refinement: the hypotheses shown
+    captions_cut: int = 0  # captions cut to propose.max_caption_chars in the prompt sent
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +126,13 @@ def propose_round(
         round_input.captions_b,
         max_hypotheses=propose_cfg.max_hypotheses_per_round,
         caption_prompt=caption_prompt,
+        max_caption_chars=propose_cfg.max_caption_chars,
+    )
+    shown_a, cut_a = llm_captions(
+        round_input.captions_a, caption_prompt, propose_cfg.max_caption_chars
+    )
+    shown_b, cut_b = llm_captions(
+        round_input.captions_b, caption_prompt, propose_cfg.max_caption_chars
     )
     text, finish_reason = _ask(client, messages, llm_cfg, seed + round_input.round_index)
     hypotheses, truncated = _parse_answer(
@@ -139,8 +148,9 @@ def propose_round(
         truncated=truncated,
         prompt_source=template.source,
         prompt=messages[-1]["content"],
-        captions_a=[clean_caption(c, caption_prompt) for c in round_input.captions_a],
-        captions_b=[clean_caption(c, caption_prompt) for c in round_input.captions_b],
+        captions_a=shown_a,
+        captions_b=shown_b,
+        captions_cut=cut_a + cut_b,
     )
 
 
@@ -183,13 +193,19 @@ def propose_refinement(
 ) -> Proposal:
     """One refinement round: the LLM sees `items` (best hypotheses, their AUROCs, captions of A
     images they miss) and proposes sharper ones. `missed`: (ids, captions) of those images."""
+    max_chars = propose_cfg.max_caption_chars
     messages = build_refine_messages(
-        items, max_hypotheses=propose_cfg.max_hypotheses_per_round, caption_prompt=caption_prompt
+        items,
+        max_hypotheses=propose_cfg.max_hypotheses_per_round,
+        caption_prompt=caption_prompt,
+        max_caption_chars=max_chars,
     )
+    _, cut = llm_captions([c for i in items for c in i.misses], caption_prompt, max_chars)
     text, finish_reason = _ask(client, messages, llm_cfg, seed + round_index)
     hypotheses, truncated = _parse_answer(text, finish_reason, round_index, propose_cfg, llm_cfg)
     log.info("refinement round %d: %d hypotheses", round_index, len(hypotheses))
     ids, captions = missed
+    shown, _ = llm_captions(captions, caption_prompt, max_chars)
     return Proposal(
         round_index,
         text,
@@ -198,8 +214,9 @@ def propose_refinement(
         truncated=truncated,
         prompt_source=REFINE.source,
         prompt=messages[-1]["content"],
-        captions_a=[clean_caption(c, caption_prompt) for c in captions],
+        captions_a=shown,
         refined_from=[i.hypothesis for i in items],
+        captions_cut=cut,
     )
 
 
@@ -221,6 +238,7 @@ def proposal_rows(
             "prompt_source": p.prompt_source,
             "prompt": p.prompt,
             "refined_from": p.refined_from,
+            "captions_cut": p.captions_cut,
         }
         items: list[tuple[int | None, str | None]] = list(enumerate(p.hypotheses))
         for index, hypothesis in items or [(None, None)]:

@@ -49,6 +49,33 @@ class ProposalLike(Protocol):
     raw_text: str
 
 
+def _set_counts(
+    p: SetPlanLike, plan_skipped: list[dict[str, Any]], embedded: EmbeddedLike
+) -> dict[str, Any]:
+    """One set's counts, which add up: listed = used + skipped.
+
+    listed: every entry the listing met (folders, manifests) or every row read (shards, which
+    are never listed on the driver). used: ranked. skipped: the set's entries of the skipped
+    list plus the images left out by data.max_num_samples (`over_cap`, counted, not listed).
+    """
+    name = p.set_name
+    listed_skipped = sum(1 for s in plan_skipped if s.get("set") == name)
+    failed = sum(1 for s in embedded.skipped if s["set"] == name)
+    read = embedded.rows_per_set.get(name, 0)
+    over_cap = (len(p.records) - read) if p.records is not None else None
+    listed = (len(p.records) + listed_skipped) if p.records is not None else read
+    return {
+        "name": p.display_name,
+        "listed": listed,
+        "shards": len(p.shards) if p.shards is not None else None,
+        "read": read,
+        "over_cap": over_cap,
+        "used": read - failed,
+        "skipped": listed_skipped + failed + (over_cap or 0),
+        "ranked": read - failed,
+    }
+
+
 def run_stats(
     plan: InputPlanLike,
     embedded: EmbeddedLike,
@@ -60,25 +87,15 @@ def run_stats(
     skipped += [{**s, "stage": "embed"} for s in embedded.skipped]
     for s in skipped:
         s["reason_code"] = str(s.get("reason", "")).split(":", 1)[0]
-    images = {}
-    for p in plan.sets:
-        name = p.set_name
-        listed_skipped = sum(1 for s in plan.skipped if s.get("set") == name)
-        failed = sum(1 for s in embedded.skipped if s["set"] == name)
-        read = embedded.rows_per_set.get(name, 0)
-        images[name] = {
-            "name": p.display_name,
-            "listed": (len(p.records) + listed_skipped) if p.records is not None else None,
-            "shards": len(p.shards) if p.shards is not None else None,
-            "read": read,
-            "over_cap": (len(p.records) - read) if p.records is not None else None,
-            "skipped": listed_skipped + failed,
-            "ranked": read - failed,
-        }
+    images = {p.set_name: _set_counts(p, plan.skipped, embedded) for p in plan.sets}
+    over_cap = sum(n["over_cap"] or 0 for n in images.values())
+    by_reason = Counter(s["reason_code"] for s in skipped)
+    if over_cap:
+        by_reason["over_cap"] = over_cap
     return {
         "images": images,
         "skipped": skipped,
-        "skipped_by_reason": dict(Counter(s["reason_code"] for s in skipped)),
+        "skipped_by_reason": dict(by_reason),
         "cache": {
             "hits": embedded.from_cache,
             "misses": embedded.num_rows - embedded.from_cache - len(embedded.skipped),

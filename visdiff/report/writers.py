@@ -49,7 +49,8 @@ def _clean(value: Any) -> Any:
 
 STATUS = "status.json"
 # Every file a describe run writes (RUN_FILES holds status.json); an overwrite deletes these.
-DESCRIBE_FILES = (*RUN_FILES, "metrics.json")
+TRACEBACK = "traceback.txt"  # the CLI's full traceback of an unexpected error
+DESCRIBE_FILES = (*RUN_FILES, "metrics.json", TRACEBACK)
 EMBED = "embed_stats.json"  # `visdiff embed` writes only this
 
 

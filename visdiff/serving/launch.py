@@ -126,4 +126,9 @@ def stop_llm_app(cfg: LLMConfig) -> None:
 
 def chat_client_for(cfg: LLMConfig, base_url: str) -> HTTPChatClient:
     """Client for our Serve app: it answers to `served_model_name` and needs no key."""
-    return HTTPChatClient(base_url, cfg.served_model_name, timeout_s=cfg.timeout_s)
+    return HTTPChatClient(
+        base_url,
+        cfg.served_model_name,
+        timeout_s=cfg.timeout_s,
+        max_answer_bytes=cfg.max_answer_bytes,
+    )

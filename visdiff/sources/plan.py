@@ -11,7 +11,7 @@ from typing import Any
 from visdiff import schema
 from visdiff.config import DataConfig
 from visdiff.errors import InputError
-from visdiff.sources.folders import folder_name, list_folder
+from visdiff.sources.folders import folder_name, scan_folder
 from visdiff.sources.manifest import load_manifest
 from visdiff.sources.records import ImageRecord
 from visdiff.sources.shards.parquet import ParquetOptions, check_parquet_shard
@@ -68,7 +68,10 @@ def _shard_display_name(spec: Any, shards: list[str]) -> str:
     return posixpath.basename(parent.rstrip("/")) or parent
 
 
-def _plan_set(spec: Any, set_name: str, key: str, data: DataConfig) -> SetPlan:
+def _plan_set(
+    spec: Any, set_name: str, key: str, data: DataConfig, skipped: list[dict[str, Any]]
+) -> SetPlan:
+    """One set's plan; entries of a folder that are not used are added to `skipped`."""
     if looks_like_shards(spec):
         shards = resolve_shards(list(spec) if isinstance(spec, list | tuple) else str(spec))
         parquet = [s for s in shards if shard_format(s) == PARQUET]
@@ -77,7 +80,9 @@ def _plan_set(spec: Any, set_name: str, key: str, data: DataConfig) -> SetPlan:
             check_parquet_shard(parquet[0], options)
         return SetPlan(set_name, _shard_display_name(spec, shards), shards=shards)
     folder = str(spec)
-    return SetPlan(set_name, folder_name(folder), records=list_folder(folder, set_name, key))
+    listing = scan_folder(folder, set_name, key)
+    skipped.extend(listing.skipped)
+    return SetPlan(set_name, folder_name(folder), records=listing.records)
 
 
 def plan_inputs(data: DataConfig, *, caption_source: str = "model") -> InputPlan:
@@ -89,9 +94,11 @@ def plan_inputs(data: DataConfig, *, caption_source: str = "model") -> InputPlan
             skipped=list(sets.skipped),
         )
     else:
+        skipped: list[dict[str, Any]] = []
         plan = InputPlan(
-            _plan_set(data.set_a, schema.SET_A, "data.set_a", data),
-            _plan_set(data.set_b, schema.SET_B, "data.set_b", data),
+            _plan_set(data.set_a, schema.SET_A, "data.set_a", data, skipped),
+            _plan_set(data.set_b, schema.SET_B, "data.set_b", data, skipped),
+            skipped=skipped,
         )
     if caption_source == "manifest":
         for set_plan in plan.sets:

@@ -20,6 +20,7 @@ from visdiff.sources.shards.rows import image_row, shard_error_row, shard_name
 # Sample members holding the image, in order of preference when a sample has several.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSION = "txt"
+_SKIPPED = "\0skipped"  # the members entry of a link/device member: its reason (never an extension)
 STREAM_BUFFER_BYTES = 8 * 1024 * 1024  # one S3 GET per 8 MiB instead of per tar block
 
 
@@ -29,13 +30,24 @@ def _caption_text(data: bytes | None) -> str:
 
 def _member_key(name: str) -> tuple[str, str] | None:
     """(key, lower-case extension) of a member: WebDataset splits at the basename's first dot."""
-    while name.startswith("./"):
-        name = name[2:]
-    folder, base = posixpath.split(name)
+    folder, base = posixpath.split(_member_name(name))
     if base.startswith(".") or "." not in base:  # hidden files, names without extension
         return None
     stem, extension = base.split(".", 1)
     return posixpath.join(folder, stem), extension.lower()
+
+
+def _member_name(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _member_problem(info: tarfile.TarInfo) -> str:
+    """Reason of a member that is not a regular file: `tar_link` or `not_a_file`."""
+    if info.issym() or info.islnk():
+        return f"tar_link: {_member_name(info.name)} -> {info.linkname}"
+    return f"not_a_file: {_member_name(info.name)} (tar member type {info.type!r})"
 
 
 def _tracking_tarinfo() -> tuple[type[tarfile.TarInfo], list[Exception]]:
@@ -72,16 +84,20 @@ def _tar_samples(
     """(key, {extension: bytes}) per sample; members of one sample are consecutive.
 
     Only image and caption members are read; others are recorded with empty bytes so a sample
-    holding only metadata is still reported (as no_image). When the archive is cut, the last
-    sample may be missing members, so it is dropped (the caller reports the cut).
+    holding only metadata is still reported (as no_image). A link or device member is its own
+    entry, (member name, {_SKIPPED: reason}). When the archive is cut, the last sample may be
+    missing members, so it is dropped (the caller reports the cut).
     """
     key: str | None = None
     members: dict[str, bytes] = {}
     for info in tar:
-        if not info.isfile():
+        if info.isdir():  # structure, not an entry
             continue
         parsed = _member_key(info.name)
         if parsed is None:
+            continue
+        if not info.isfile():  # counted, never followed: a link's target is outside the stream
+            yield _member_name(info.name), {_SKIPPED: _member_problem(info).encode()}
             continue
         member_key, extension = parsed
         if member_key != key:
@@ -100,6 +116,8 @@ def _tar_samples(
 def _sample_row(
     uri: str, set_name: str, shard: str, key: str, members: dict[str, bytes]
 ) -> dict[str, Any]:
+    if _SKIPPED in members:
+        return image_row(set_name, shard, key, f"{uri}#{key}", "", b"", members[_SKIPPED].decode())
     caption = _caption_text(members.get(CAPTION_EXTENSION))
     for extension in IMAGE_EXTENSIONS:
         if extension in members:
