@@ -64,6 +64,15 @@ def examples_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def recorded_outputs(recorded_outputs_path) -> list[str]:
+    """The 3 real GPT-4 proposer answers recorded for the shared example."""
+    import json
+
+    with open(recorded_outputs_path, encoding="utf-8") as handle:
+        return [json.loads(line)["output"] for line in handle if line.strip()]
+
+
+@pytest.fixture(scope="session")
 def recorded_outputs_path() -> Path:
     return _shared_path("data", "visdiff_examples", "recorded_proposer_outputs.jsonl")
 

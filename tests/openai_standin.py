@@ -233,3 +233,22 @@ def serve_standin(answers: list[str], *, require_key: str | None = None) -> Iter
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def manifest_run_argv(examples_dir: Any, run_dir: Any, base_url: str, *overrides: str) -> list[str]:
+    """`visdiff describe` on the shared example's manifest and its own captions, proposing
+    through the stand-in at `base_url` (the runs the end-to-end tests make against it)."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "examples_manifest.yaml"
+    return [
+        "describe",
+        "--config",
+        str(config),
+        f"data.manifest={Path(examples_dir) / 'manifest.csv'}",
+        f"output_dir={run_dir}",
+        "caption.source=manifest",
+        "llm.backend=external",
+        f"llm.base_url={base_url}",
+        *overrides,
+    ]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from tests.openai_standin import serve_standin
+from tests.openai_standin import manifest_run_argv, serve_standin
 from visdiff import schema
 from visdiff.cli import main
 from visdiff.propose.parse import dedupe_hypotheses, parse_hypotheses
@@ -180,31 +180,24 @@ def test_describe_tiny_on_folders_with_serve_llm(
 
 
 def test_describe_with_manifest_captions_and_external_endpoint(
-    ray_session, examples_dir, recorded_outputs_path, tmp_path, monkeypatch
+    ray_session, examples_dir, recorded_outputs, tmp_path, monkeypatch
 ):
-    recorded = [
-        json.loads(line)["output"] for line in recorded_outputs_path.read_text().splitlines()
-    ]
+    recorded = recorded_outputs
     secret = "sk-test-never-logged-0123456789"
     monkeypatch.setenv("VISDIFF_TEST_KEY", secret)
     run_dir = tmp_path / "run"
     judge_answers = ["2", "0", "1", "0", "0"]
     with serve_standin(recorded + judge_answers, require_key=secret) as standin:
         code = main(
-            [
-                "describe",
-                "--config",
-                str(REPO / "configs" / "examples_manifest.yaml"),
-                f"data.manifest={examples_dir / 'manifest.csv'}",
-                f"output_dir={run_dir}",
-                "caption.source=manifest",
-                "llm.backend=external",
-                f"llm.base_url={standin.base_url}",
+            manifest_run_argv(
+                examples_dir,
+                run_dir,
+                standin.base_url,
                 "llm.external_model=gpt-4",
                 "llm.api_key_env=VISDIFF_TEST_KEY",
                 "propose.num_rounds=3",
                 "propose.num_samples=10",
-            ]
+            )
         )
         requests = list(standin.requests)
     assert code == 0

@@ -31,12 +31,6 @@ from visdiff.propose.proposer import (
 MARKUP_CHARS = set('*"“”‘’•`') | {"\n", "\r", "\t"}
 
 
-@pytest.fixture(scope="module")
-def recorded_outputs(recorded_outputs_path) -> list[str]:
-    with open(recorded_outputs_path, encoding="utf-8") as handle:
-        return [json.loads(line)["output"] for line in handle if line.strip()]
-
-
 def test_recorded_gpt4_outputs_give_ten_clean_hypotheses(recorded_outputs):
     assert len(recorded_outputs) == 3
     for output in recorded_outputs:

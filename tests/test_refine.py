@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.openai_standin import serve_standin
+from tests.openai_standin import manifest_run_argv, serve_standin
 from visdiff.cli import main
 from visdiff.config import DescribeConfig
 from visdiff.llm.client import ChatReply
@@ -147,30 +147,22 @@ REFINED = [
 
 @pytest.mark.e2e
 def test_describe_merges_near_duplicates_and_refines(
-    ray_session, examples_dir, recorded_outputs_path, tmp_path
+    ray_session, examples_dir, recorded_outputs, tmp_path
 ):
-    recorded = [
-        json.loads(line)["output"] for line in recorded_outputs_path.read_text().splitlines()
-    ]
     run_dir = tmp_path / "run"
-    with serve_standin(recorded[:2] + REFINED) as standin:
+    with serve_standin(recorded_outputs[:2] + REFINED) as standin:
         code = main(
-            [
-                "describe",
-                "--config",
-                str(REPO / "configs" / "examples_manifest.yaml"),
-                f"data.manifest={examples_dir / 'manifest.csv'}",
-                f"output_dir={run_dir}",
-                "caption.source=manifest",
-                "llm.backend=external",
-                f"llm.base_url={standin.base_url}",
+            manifest_run_argv(
+                examples_dir,
+                run_dir,
+                standin.base_url,
                 "propose.num_rounds=2",
                 "propose.num_samples=6",
                 "propose.merge_similarity=0.9",
                 "propose.refine_rounds=2",
                 "propose.refine_top_k=3",
                 "evaluate.enabled=false",
-            ]
+            )
         )
         requests = list(standin.requests)
     assert code == 0
