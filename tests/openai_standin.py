@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +39,9 @@ class StandIn:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Answers computed from the request body instead of the canned ones (e.g. "yes" when the
+    # prompt names a word): the order of concurrent requests then does not matter.
+    answer_with: Callable[[dict[str, Any]], str] | None = None
     _next_answer: int = 0
     _failures: list[int] = field(default_factory=list)  # statuses of the next failing requests
     _raw: list[tuple[int, Any]] = field(default_factory=list)  # verbatim next responses
@@ -84,8 +87,11 @@ class StandIn:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 return 400, _error("messages must be a non-empty list", "invalid_request_error")
-            answer = self.answers[self._next_answer % len(self.answers)]
-            self._next_answer += 1
+            if self.answer_with is not None:
+                answer = self.answer_with(body)
+            else:
+                answer = self.answers[self._next_answer % len(self.answers)]
+                self._next_answer += 1
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         return 200, chat_completion(answer, body.get("model", STANDIN_MODEL), prompt_tokens)
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "visdiff"
 
 # Room → rooms it may import from (besides itself). "base" is the handful of top-level modules
 # every room shares; "app" is the top of the tree (CLI, demo), which may use anything.
-BASE = {"errors", "schema", "config", "timing", "sampling"}
+BASE = {"errors", "schema", "config", "timing", "sampling", "registry"}
 ALLOWED: dict[str, set[str]] = {
     "base": set(),
     "presets": set(),  # model presets: YAML data only
@@ -43,10 +43,11 @@ ALLOWED: dict[str, set[str]] = {
         "serving",
         "report",
     },
+    "suite": {"*"},  # `visdiff bench`: runs describe per pair, so it sits beside the app
     "app": {"*"},
 }
 # Where `ray` may be imported: the wiring, the Serve apps, the aggregation, and the CLI.
-RAY_ALLOWED = ("pipeline", "serving", "app")
+RAY_ALLOWED = ("pipeline", "serving", "suite", "app")
 RAY_ALLOWED_MODULES = {"visdiff.rank.aggregate"}
 
 

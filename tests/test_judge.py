@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import logging
+import json
 
+import numpy as np
 import pytest
 
 from tests.openai_standin import serve_standin
-from visdiff.config import DataConfig, EvaluateConfig, LLMConfig
+from visdiff.config import DescribeConfig, EvaluateConfig, JudgeLLMConfig, LLMConfig
 from visdiff.errors import ConfigError
+from visdiff.evaluate.embedding import embedding_metrics, similarity_score
 from visdiff.evaluate.evaluator import (
     GroundTruth,
-    JudgeEndpoint,
-    evaluate_run,
     ground_truth_for,
-    judge_endpoint,
+    judge_hypotheses,
+    require_ground_truth,
 )
 from visdiff.evaluate.judge import (
     JudgeResult,
@@ -169,41 +170,15 @@ def test_judge_result_rejects_bad_score():
         JudgeResult("x", rank=1, score=5, raw="5")
 
 
-FOLDERS = DataConfig(set_a="data/cats", set_b="data/dogs")
-MANIFEST = DataConfig(manifest="m.csv", group_a="cats sleeping", group_b="cats playing")
-
-
 def test_ground_truth_only_when_given():
-    assert ground_truth_for(EvaluateConfig(), FOLDERS) is None  # folder names are never used
-    assert ground_truth_for(EvaluateConfig(), DataConfig(set_a="s/{0..3}.tar", set_b="t")) is None
+    assert ground_truth_for(EvaluateConfig()) is None  # no fallback to folder or group names
     given = EvaluateConfig(ground_truth_a="sleeping cats", ground_truth_b="playing cats")
-    assert ground_truth_for(given, FOLDERS) == GroundTruth(
-        "sleeping cats", "playing cats", "evaluate.ground_truth_a/b"
-    )
-    assert ground_truth_for(given, MANIFEST).a == "sleeping cats"  # the keys win
-    from_manifest = ground_truth_for(EvaluateConfig(), MANIFEST)
-    assert (from_manifest.a, from_manifest.b) == ("cats sleeping", "cats playing")
-    assert from_manifest.source.startswith("data.group_a/b")
-    with pytest.raises(ConfigError, match="evaluate.ground_truth_b"):
-        ground_truth_for(EvaluateConfig(ground_truth_a="only a"), FOLDERS)
-
-
-def test_judge_endpoint_choice():
-    serve = LLMConfig()
-    external = LLMConfig(
-        backend="external", base_url="https://api.example/v1", external_model="small-model"
-    )
-    assert judge_endpoint(EvaluateConfig(), serve) is None  # reuse the proposer's client
-    assert judge_endpoint(EvaluateConfig(), external) is None
-    assert judge_endpoint(EvaluateConfig(llm_model="big-model"), external) == JudgeEndpoint(
-        "https://api.example/v1", "big-model", "OPENAI_API_KEY"
-    )
-    own = EvaluateConfig(llm_base_url="http://judge:9/v1", llm_api_key_env="JUDGE_KEY")
-    assert judge_endpoint(own, serve) == JudgeEndpoint(
-        "http://judge:9/v1", "visdiff-llm", "JUDGE_KEY"
-    )
-    with pytest.raises(ConfigError, match="evaluate.llm_base_url"):
-        judge_endpoint(EvaluateConfig(llm_model="big-model"), serve)
+    assert ground_truth_for(given) == GroundTruth("sleeping cats", "playing cats")
+    assert ground_truth_for(EvaluateConfig(ground_truth_a="only a")) == GroundTruth("only a")
+    with pytest.raises(ConfigError, match="evaluate.ground_truth_a"):
+        ground_truth_for(EvaluateConfig(ground_truth_b="only b"))
+    with pytest.raises(ConfigError, match="evaluate.evaluator=llm_judge needs the ground truth"):
+        require_ground_truth(EvaluateConfig(evaluator="llm_judge"))
 
 
 class _NoLLM:
@@ -222,63 +197,119 @@ class _FixedLLM:
         return ChatReply(self.answers[hypothesis], "stop")
 
 
-def test_no_ground_truth_means_no_evaluation_and_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger="visdiff.evaluate.evaluator"):
-        metrics = evaluate_run(
-            _NoLLM(),
-            ["cats", "dogs"],
-            eval_cfg=EvaluateConfig(enabled=True),
-            data_cfg=FOLDERS,
-            llm_cfg=LLMConfig(),
-            seed=0,
-        )
-    assert metrics is None
-    assert "no ground truth" in caplog.text and "evaluate.ground_truth_a" in caplog.text
+TRUTH = GroundTruth("cats sleeping on sofas", "cats playing outdoors")
 
 
-def test_evaluate_run_with_the_proposers_client(caplog):
-    judge = _FixedLLM({"sleeping cats": "Score: 2", "cats": "1", "dogs": "0"})
-    with caplog.at_level(logging.INFO, logger="visdiff.evaluate.evaluator"):
-        metrics = evaluate_run(
-            judge,
-            ["dogs", "cats", "sleeping cats"],
-            eval_cfg=EvaluateConfig(enabled=True, top_k=2),
-            data_cfg=MANIFEST,
-            llm_cfg=LLMConfig(),
-            seed=0,
-        )
-    assert metrics["acc@1"] == 0.0 and metrics["acc@N"] == 0.5 and metrics["n_judged"] == 2
-    assert metrics["ground_truth_a"] == "cats sleeping"
-    assert metrics["ground_truth_source"].startswith("data.group_a/b")
-    assert metrics["judge_model"] == "tiny" and metrics["evaluator"] == "llm_judge"
-    assert "data.group_a/b" in caplog.text
+def test_judge_hypotheses_by_hand_and_records_the_model():
+    judge = _FixedLLM({"dogs": "0", "cats": "Score: 1", "sleeping cats": "2/2", "x": "2"})
+    metrics = judge_hypotheses(
+        judge, ["dogs", "cats", "sleeping cats", "x"], TRUTH, top_k=3, seed=0, judge_model="m"
+    )
+    # scores by rank: 0, 1, 2 -> Acc@1 0, Acc@5 = Acc@N = best of the three / 2 = 1
+    assert (metrics["acc@1"], metrics["acc@5"], metrics["acc@N"]) == (0.0, 1.0, 1.0)
+    assert metrics["n_judged"] == 3 and metrics["judge_model"] == "m"
+    assert [j["score"] for j in metrics["judgements"]] == [0, 1, 2]
+    assert metrics["evaluator"] == "llm_judge" and metrics["ground_truth_b"] == TRUTH.b
 
 
-def test_evaluate_run_with_its_own_judge_endpoint(monkeypatch):
+def _ctx(config: DescribeConfig, client) -> object:
+    from visdiff.pipeline.context import RunContext
+    from visdiff.timing import StageTimer
+
+    return RunContext(config, plan=None, timer=StageTimer(), say=lambda _: None, client=client)
+
+
+def test_llm_judge_uses_its_own_endpoint_never_the_proposers(monkeypatch):
+    from visdiff.pipeline.evaluators import EVALUATORS
+
     monkeypatch.setenv("VISDIFF_JUDGE_KEY", "sk-judge-test")
     with serve_standin(["2", "1"], require_key="sk-judge-test") as standin:
-        metrics = evaluate_run(
-            _NoLLM(),
-            ["cats napping", "animals resting", "dogs"],
-            eval_cfg=EvaluateConfig(
-                enabled=True,
+        config = DescribeConfig(
+            evaluate=EvaluateConfig(
+                evaluator="llm_judge",
                 top_k=2,
-                ground_truth_a="cats sleeping on sofas",
-                ground_truth_b="cats playing outdoors",
-                llm_base_url=standin.base_url,
-                llm_model="judge-model",
-                llm_api_key_env="VISDIFF_JUDGE_KEY",
-            ),
-            data_cfg=FOLDERS,
-            llm_cfg=LLMConfig(),
-            seed=0,
+                ground_truth_a=TRUTH.a,
+                ground_truth_b=TRUTH.b,
+                llm=JudgeLLMConfig(
+                    backend="external",
+                    base_url=standin.base_url,
+                    external_model="judge-model",
+                    api_key_env="VISDIFF_JUDGE_KEY",
+                ),
+            )
         )
+        ranked = [{"hypothesis": h} for h in ("cats napping", "animals resting", "dogs")]
+        metrics = EVALUATORS.get("llm_judge")().evaluate(_ctx(config, _NoLLM()), ranked)
         requests = list(standin.requests)
     # the two judgements run concurrently: which one the stand-in answers first varies
     assert sorted(j["score"] for j in metrics["judgements"]) == [1, 2]
-    assert metrics["acc@N"] == 1.0 and metrics["n_judged"] == 2
-    assert metrics["judge_model"] == "judge-model"
+    assert metrics["acc@N"] == 1.0 and metrics["judge_model"] == "judge-model"
+    assert metrics["judge_client"].startswith("own") and metrics["judge_usage"]["calls"] == 2
     assert [r["model"] for r in requests] == ["judge-model", "judge-model"]
     assert all(r["temperature"] == 0.0 for r in requests)
-    prompts = [r["messages"][-1]["content"] for r in requests]
-    assert all("Group A: cats sleeping on sofas" in p for p in prompts)
+    assert all("Group A: cats sleeping on sofas" in r["messages"][-1]["content"] for r in requests)
+
+
+def test_llm_judge_shares_the_proposers_client_only_when_configured_so():
+    from visdiff.pipeline.evaluators import EVALUATORS
+
+    llm = LLMConfig(backend="external", base_url="http://x:1/v1", external_model="m")
+    judge = JudgeLLMConfig(backend="external", base_url="http://x:1/v1", external_model="m")
+    config = DescribeConfig(
+        llm=llm, evaluate=EvaluateConfig(evaluator="llm_judge", ground_truth_a="cats", llm=judge)
+    )
+    metrics = EVALUATORS.get("llm_judge")().evaluate(
+        _ctx(config, _FixedLLM({"cats": "2"})), [{"hypothesis": "cats"}]
+    )
+    assert metrics["acc@1"] == 1.0 and metrics["judge_client"].startswith("shared")
+    assert EVALUATORS.get("none")().evaluate(_ctx(config, _NoLLM()), []) is None
+
+
+def _fixed_embed(vectors: dict[str, list[float]]):
+    return lambda texts: np.array([vectors[t] for t in texts], dtype=np.float32)
+
+
+def test_embedding_scores_by_hand():
+    # unit vectors at known angles: cos(a, h) is the first coordinate
+    vectors = {
+        "A": [1.0, 0.0],
+        "B": [0.0, 1.0],
+        "close": [0.8, 0.6],  # cos A 0.8, cos B 0.6 -> 2
+        "half": [0.4, 0.2],  # cos A 0.894 (normalised), cos B 0.447 -> 2
+        "far": [0.1, 0.99],  # cos A 0.1, cos B 0.995 -> 0 (closer to B)
+        "mid": [0.45, -0.89],  # cos A 0.451 >= 0.3, cos B < cos A -> 1
+    }
+    truth = GroundTruth("A", "B")
+    metrics = embedding_metrics(
+        ["far", "mid", "close", "half"], truth, _fixed_embed(vectors), threshold=0.6, top_k=3
+    )
+    assert [j["score"] for j in metrics["judgements"]] == [0, 1, 2]
+    assert (metrics["acc@1"], metrics["acc@5"], metrics["acc@N"]) == (0.0, 1.0, 1.0)
+    assert metrics["judgements"][0]["cosine"] == pytest.approx(0.1005, abs=1e-3)
+    # without B, "far" is judged on its cosine to A alone: 0.1 < 0.3 -> 0; "mid" -> 1
+    alone = embedding_metrics(
+        ["mid"], GroundTruth("A"), _fixed_embed(vectors), threshold=0.6, top_k=5
+    )
+    assert alone["acc@1"] == 0.5 and alone["judgements"][0]["cosine_b"] is None
+    assert (
+        embedding_metrics([], truth, _fixed_embed(vectors), threshold=0.6, top_k=5)["acc@1"] == 0.0
+    )
+    assert similarity_score(0.9, 0.6, cosine_b=0.9) == 0
+
+
+def test_embedding_threshold_on_minilm_and_visdiffbench_texts():
+    """The calibration behind evaluate.embedding_threshold=0.6, kept true on a few real pairs:
+    a paraphrase of set A's description scores 2, set B's description scores 0."""
+    from tests.conftest import _shared_path
+    from visdiff.config import SentenceConfig
+    from visdiff.pipeline.evaluators import sentence_embedder
+
+    path = _shared_path("data", "visdiffbench", "pairedimagesets_easy.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:8]]
+    embed = sentence_embedder(SentenceConfig())
+    threshold = EvaluateConfig().embedding_threshold
+    for row in rows:
+        truth = GroundTruth(row["set1"], row["set2"])
+        hypotheses = [f"photos showing {row['set1'].lower()}", row["set2"], "a bowl of soup"]
+        metrics = embedding_metrics(hypotheses, truth, embed, threshold=threshold, top_k=3)
+        assert [j["score"] for j in metrics["judgements"]] == [2, 0, 0], (row, metrics)

@@ -232,3 +232,56 @@ def test_a_chunked_answer_is_read_whole() -> None:
         standin.deliver_next(Delivery(chunked=True))
         client = _client(standin.base_url)
         assert client.reply(MESSAGES, temperature=0, max_tokens=4).text == "ok"
+
+
+def test_usage_counts_calls_and_tokens_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serve_standin(["two words", "three words here"]) as standin:
+        client = _client(standin.base_url, max_retries=0)
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(
+                pool.map(lambda _: client.reply(MESSAGES, temperature=0, max_tokens=4), range(24))
+            )
+        standin.fail_next(1, 500)
+        with pytest.raises(LLMError):
+            client.reply(MESSAGES, temperature=0, max_tokens=4)
+        standin.respond_next({"choices": [{"index": 0, "message": {"content": "no usage"}}]})
+        assert client.reply(MESSAGES, temperature=0, max_tokens=4).prompt_tokens is None
+    usage = client.usage()
+    words = sum(len(m["content"].split()) for m in MESSAGES)  # the stand-in's token count
+    assert usage == {
+        "calls": 26,
+        "failed": 1,
+        "prompt_tokens": 24 * words,
+        "completion_tokens": sum(r.completion_tokens for r in replies),
+        "cached": 0,
+    }
+    assert sorted({r.completion_tokens for r in replies}) == [2, 3]
+    assert replies[0] == ChatReply(replies[0].text, "stop")  # equality ignores what it cost
+    assert pickle.loads(pickle.dumps(client)).usage()["calls"] == 0  # each process counts its own
+
+
+def test_settings_rebuild_the_client_without_carrying_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from visdiff.llm.client import ClientSettings
+
+    monkeypatch.setenv("VISDIFF_TEST_KEY", SECRET)
+    with serve_standin(["from the clone"], require_key=SECRET) as standin:
+        client = HTTPChatClient.from_env(
+            standin.base_url, "m", "VISDIFF_TEST_KEY", timeout_s=9, identity="org/real-model"
+        )
+        settings = client.settings
+        shipped = pickle.dumps(settings)
+        assert SECRET.encode() not in shipped and SECRET not in repr(settings)
+        clone = pickle.loads(shipped).build()
+        assert clone.reply(MESSAGES, temperature=0, max_tokens=4).text == "from the clone"
+    assert settings == ClientSettings(
+        standin.base_url, "m", "VISDIFF_TEST_KEY", 9.0, identity="org/real-model"
+    )
+    assert settings.model_identity == "org/real-model"
+    assert ClientSettings("http://h/v1", "served-name").model_identity == "served-name"
+    with pytest.raises(LLMError, match="from_env"):
+        _ = _client("http://127.0.0.1:1/v1", api_key=SECRET).settings
+    assert _client("http://127.0.0.1:1/v1").settings.api_key_env == ""

@@ -275,6 +275,25 @@ def test_app_serves_concurrent_requests(served) -> None:
     assert together == [ask(1), ask(2), ask(3)]  # per-request generators: no cross-talk
 
 
+def test_app_with_a_text_model_refuses_images(served) -> None:
+    from visdiff.llm.protocol import image_part, text_part
+
+    _, base_url = served
+    content = [image_part(b"\xff\xd8 any bytes"), text_part("What does this show?")]
+    raw = httpx.post(
+        f"{base_url}/chat/completions",
+        json={"model": SERVED, "messages": [{"role": "user", "content": content}]},
+        timeout=30,
+    )
+    assert raw.status_code == 400
+    error = ErrorResponse.model_validate(raw.json()).error
+    assert error.message == (
+        "model 'tiny' does not take images; use a VLM (llm.model=tiny-vlm or a LLaVA-style hub "
+        "model)"
+    )
+    assert error.type == "invalid_request_error"
+
+
 def test_app_unknown_route_is_openai_error(served) -> None:
     _, base_url = served
     raw = httpx.get(f"{base_url}/nothing-here", timeout=10)

@@ -109,6 +109,7 @@ def test_manifest_formats(dataset: Path, fmt: str):
         "set": "a",
         "uri": str(dataset / "images" / "cats" / "000001.jpg"),
         "caption": "a cat",
+        "pair": "",
     }
 
 
@@ -123,19 +124,24 @@ def test_manifest_relative_paths_resolve_from_its_folder_not_cwd(dataset: Path, 
     rows = [dict(r, path="../" + r["path"]) for r in ROWS]
     manifest = write_manifest(sub, "csv", rows)
     monkeypatch.chdir(dataset / "images")  # a cwd where the relative paths would not exist
-    sets = load_manifest(by_manifest(manifest))
+    # The paths leave the manifest's folder: refused unless allowed (or data.root is set).
+    data = DataConfig(manifest=str(manifest), group_a="cats", group_b="dogs")
+    data.allow_outside_root = True
+    sets = load_manifest(data)
     assert sets.a[0].uri == str(dataset / "images" / "cats" / "000001.jpg")
     assert sets.a[0].id == "a/../images/cats/000001.jpg"
 
 
-def test_manifest_absolute_paths_and_uris_are_kept(dataset: Path, tmp_path_factory):
+def test_manifest_absolute_paths_and_uris_are_kept_when_allowed(dataset: Path, tmp_path_factory):
     elsewhere = make_image(tmp_path_factory.mktemp("elsewhere") / "x.jpg")
     rows = [
         {"path": str(dataset / "images/cats/000001.jpg"), "group_name": "cats"},
         {"path": str(elsewhere), "group_name": "cats"},
         {"path": "s3://bucket/dogs/1.jpg", "group_name": "dogs"},
     ]
-    sets = load_manifest(by_manifest(write_manifest(dataset, "csv", rows)))
+    data = by_manifest(write_manifest(dataset, "csv", rows))
+    data.allow_outside_root = True
+    sets = load_manifest(data)
     assert [r.uri for r in sets.a] == [str(dataset / "images/cats/000001.jpg"), str(elsewhere)]
     assert sets.a[0].id == "a/images/cats/000001.jpg"  # under the manifest folder: relative
     assert sets.a[1].id == "a/" + str(elsewhere).lstrip("/")

@@ -41,6 +41,8 @@ examples:
   visdiff describe data.set_a='s3://bucket/laion/{00000..00099}.tar' \\
       data.set_b=s3://bucket/imagenet/val/ data.max_num_samples=0 models=gpu
   visdiff embed --config my.yaml cache.root=s3://bucket/cache    fill the cache ahead
+  visdiff bench ../shared/data/visdiffbench --manifest VisDiffBench.csv --root VisDiff \
+      evaluate.evaluator=llm_judge evaluate.llm.backend=external evaluate.llm.base_url=URL
   visdiff keys                        every setting with its default and meaning
   visdiff keys clip.                  only the settings under clip.
 
@@ -111,6 +113,32 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
         command.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         command.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    bench = add(
+        "bench",
+        "run describe on every pair of a suite (VisDiffBench) and report Acc@1 / Acc@5",
+        "visdiff bench suite/ --output-dir runs/bench evaluate.evaluator=embedding models=cpu",
+    )
+    bench.add_argument(
+        "suite", help="ground-truth table (.jsonl/.csv: set1, set2, difference) or a folder"
+    )
+    bench.add_argument(
+        "--root", help="folder the suite's relative image paths resolve against (data.root)"
+    )
+    bench.add_argument(
+        "--manifest", help="image manifest of the suite: the paper's CSV (path, group_name)"
+    )
+    bench.add_argument(
+        "--output-dir", default="runs/bench", help="bench folder: pairs/<id>/, results, summary"
+    )
+    bench.add_argument("--concurrency", type=int, default=2, help="pairs run at once")
+    bench.add_argument(
+        "--no-resume", action="store_true", help="run finished pairs again (default: skip them)"
+    )
+    bench.add_argument(
+        "--config", type=Path, metavar="FILE", help="experiment YAML applied to every pair"
+    )
+    bench.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    bench.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     report = add(
         "report",
         "re-render report.html from a run folder's own files",
@@ -200,6 +228,58 @@ def run_embed(config: DescribeConfig, *, verbose: bool = False) -> int:
     return 0
 
 
+# The suite gives each pair's images and ground truth; these stand in for them while the shared
+# settings are loaded and checked (each pair's config is checked again with its own values).
+BENCH_PLACEHOLDERS = (
+    "data.set_a=bench-pair-a",
+    "data.set_b=bench-pair-b",
+    "evaluate.ground_truth_a=bench-pair",
+)
+BENCH_OWN_KEYS = ("data.manifest", "data.group_", "data.set_", "data.filter_", "data.root")
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from visdiff.config import load_config
+    from visdiff.pipeline.progress import quiet_ray_data
+    from visdiff.suite.load import load_suite
+    from visdiff.suite.runner import run_bench
+
+    for item in args.overrides:
+        if item.startswith(BENCH_OWN_KEYS) or item.startswith("evaluate.ground_truth"):
+            raise ConfigError(
+                f"override '{item}': the bench suite gives each pair's images and ground truth; "
+                "use --root / --manifest for where the images are"
+            )
+    suite = load_suite(args.suite, root=args.root, manifest=args.manifest)
+    overrides = [*args.overrides, *BENCH_PLACEHOLDERS, f"output_dir={args.output_dir}"]
+    config = load_config(args.config, overrides)
+    quiet_ray_data(args.verbose)
+    result = run_bench(
+        suite,
+        config,
+        output_dir=args.output_dir,
+        concurrency=args.concurrency,
+        resume=not args.no_resume,
+        progress=log.info,
+    )
+    overall, pairs = result.summary["overall"], result.summary["pairs"]
+    for name, group in result.summary["by_suite_difficulty"].items():
+        print(
+            f"{name}: Acc@1 {_acc(group['acc@1'])}  Acc@5 {_acc(group['acc@5'])}  "
+            f"({group['evaluated']} of {group['pairs']} pairs scored)"
+        )
+    print(
+        f"Overall: Acc@1 {_acc(overall['acc@1'])}  Acc@5 {_acc(overall['acc@5'])}  "
+        f"({pairs['complete']} of {pairs['total']} pairs complete, {pairs['resumed']} resumed)"
+    )
+    print(f"Results: {Path(result.output_dir) / 'results.html'}")
+    return 0 if not pairs["failed"] else 1
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _load(args: argparse.Namespace, base_file: Path | None = None) -> DescribeConfig:
     """The command's config; its output_dir is kept on `args` for the unexpected-error file."""
     from visdiff.config import load_config
@@ -231,6 +311,8 @@ def _run(args: argparse.Namespace) -> int:
         return run_describe(_load(args, _default_base()), verbose=args.verbose)
     if args.command == "embed":
         return run_embed(_load(args), verbose=args.verbose)
+    if args.command == "bench":
+        return run_bench_command(args)
     return run_describe(_load(args), verbose=args.verbose)
 
 
@@ -240,7 +322,14 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value after an option (`bench SUITE --concurrency 2 models=cpu`): argparse leaves
+    # positionals that follow an option unmatched; they are overrides like the others.
+    if extra and hasattr(args, "overrides") and all("=" in x and x[0] != "-" for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging()
     try:
         code = _run(args)

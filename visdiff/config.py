@@ -26,6 +26,13 @@ PRESETS = ("tiny", "cpu", "gpu", "offline")
 # Model names the config accepts beside hub ids and paths, defined once for every layer.
 TINY = "tiny"  # captioner.model / llm.model: a seeded random model that runs offline
 TINY_CLIP_ARCH = "visdiff-tiny-clip"  # clip.arch: the bundled tiny open_clip architecture
+TINY_VLM = "tiny-vlm"  # llm.model: a seeded random vision-language model that runs offline
+# Variant names: each is implemented once, registered under this name (pipeline/variants.py);
+# tests/test_registry.py fails when a name here or in a config has no implementation.
+PROPOSERS = ("llm", "vlm", "feature", "paired", "keyphrase")
+RANKERS = ("clip", "caption", "llm", "vlm")
+EVALUATORS = ("none", "llm_judge", "embedding")
+NEEDS_LLM = {"propose.proposer": ("llm", "vlm", "paired"), "rank.ranker": ("llm", "vlm")}
 HF_HUB_PREFIX = "hf-hub:"  # open_clip: weights from a hub repo
 LOCAL_DIR_PREFIX = "local-dir:"  # open_clip: the architecture of a local model folder
 
@@ -51,6 +58,28 @@ class DataConfig:
     image_column: str = setting("auto", "Parquet shards: column with the encoded image bytes")
     caption_column: str = setting(
         "auto", 'Parquet shards: alt-text column ("auto" tries common names)'
+    )
+    filter_a: str | None = setting(
+        None, "set A as a filter over manifest columns, e.g. 'score >= 0.8' (not with group_a)"
+    )
+    filter_b: str | None = setting(
+        None, "set B as a filter over manifest columns, e.g. 'score <= 0.2' (not with group_b)"
+    )
+    subset: list[str] | None = setting(
+        None, "keep only manifest rows whose data.subset_column is one of these names"
+    )
+    subset_column: str = setting("group_name", "manifest column data.subset names values of")
+    root: str | None = setting(
+        None, "relative manifest paths resolve against this; null = the manifest's folder"
+    )
+    allow_outside_root: bool = setting(
+        False, "accept absolute manifest paths and ones escaping data.root"
+    )
+    pair_column: str | None = setting(
+        None, "manifest column pairing A with B images (proposer=paired); folders: file name"
+    )
+    purity: float = setting(
+        1.0, "share of each set kept; the rest swapped with the other set (disjoint, seeded)"
     )
     max_num_samples: int = setting(5000, "per-set cap on images ranked (seeded); 0 = every image")
     num_blocks: int = setting(
@@ -79,7 +108,7 @@ class ClipConfig:
 
 @dataclass
 class SentenceConfig:
-    """Sentence-embedding ranker (rank.ranker=sentence): hypotheses against caption texts."""
+    """Sentence embeddings: caption ranker, llm/vlm rankers' merging, embedding evaluator."""
 
     model: str = setting(
         "sentence-transformers/all-MiniLM-L6-v2",
@@ -112,7 +141,7 @@ class LLMConfig:
         "serve: our Serve app | external: OpenAI-compatible URL | none: no LLM",
     )
     engine: str = setting("transformers", "for backend=serve: transformers | vllm")
-    model: str = setting(TINY, 'hub id, local folder, or "tiny" (random init, offline)')
+    model: str = setting(TINY, 'hub id, local folder, "tiny" or "tiny-vlm" (random, offline)')
     served_model_name: str = setting("visdiff-llm", "model name the Serve app answers to")
     base_url: str | None = setting(None, "external: e.g. https://api.openai.com/v1")
     external_model: str | None = setting(None, "external: model name sent in requests")
@@ -138,6 +167,19 @@ class LLMConfig:
 
 
 @dataclass
+class JudgeLLMConfig(LLMConfig):
+    """The judge's own LLM; the same backend, engine, model and URL as llm share its app.
+
+    Set explicitly (the presets do): the judge is never silently the proposer's model; when the
+    two name the same model they share one Serve app, anything else starts or calls its own."""
+
+    served_model_name: str = setting("visdiff-judge", "model name the judge's Serve app answers to")
+    temperature: float = setting(0.0, "sampling temperature of the judge")
+    route_prefix: str = setting("/visdiff-judge", "URL prefix of the judge's Serve app")
+    app_name: str = setting("visdiff-judge", "name of the judge's Serve application")
+
+
+@dataclass
 class CaptionConfig:
     """Where the proposer's captions come from."""
 
@@ -148,7 +190,14 @@ class CaptionConfig:
 
 @dataclass
 class ProposeConfig:
-    """Proposer: rounds of captions -> LLM -> bullet list of hypotheses."""
+    """Proposer: rounds of seeded samples -> candidate differences (hypotheses)."""
+
+    proposer: str = setting(
+        "llm",
+        "llm | vlm (image grids) | feature (captioner) | paired | keyphrase (no model)",
+    )
+    grid_images: int = setting(16, "proposer=vlm: images per set in its grid (up to)")
+    grid_cell_px: int = setting(160, "proposer=vlm: side of one grid cell, in pixels")
 
     prompt: str = setting("clip_friendly", "built-in prompt template: clip_friendly | descriptive")
     prompt_file: str = setting(
@@ -174,8 +223,13 @@ class RankConfig:
     """Ranker: CLIP similarity of every image to every hypothesis, AUROC between sets."""
 
     ranker: str = setting(
-        "clip", "clip: images with CLIP | sentence: the input's captions with sentence.model"
+        "clip",
+        "clip | caption (input captions, sentence.model) | llm (yes/no on captions) | vlm",
     )
+    max_judged_images: int = setting(
+        500, "ranker=llm/vlm: per-set cap on images asked; 0 = data.max_num_samples"
+    )
+    judge_concurrency: int = setting(8, "ranker=llm/vlm: requests in flight per judging actor")
     classify_threshold: float = setting(
         0.3, 'cosine similarity above which an image "shows" a hypothesis'
     )
@@ -199,29 +253,32 @@ class RankConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Evaluator: an LLM judge scores the top hypotheses against the ground truth."""
+    """Evaluator: scores the top hypotheses against a given ground truth (metrics.json)."""
 
-    enabled: bool = setting(False, "judge the top hypotheses (writes metrics.json)")
+    evaluator: str = setting(
+        "none",
+        "none | llm_judge: 0/1/2 rubric by evaluate.llm | embedding: cosine to the truth",
+    )
     ground_truth_a: str | None = setting(
-        None, "what set A shows; null = a manifest's group_a, else no evaluation"
+        None, "what is more true of set A (required by an evaluator; no fallback)"
     )
-    ground_truth_b: str | None = setting(
-        None, "what set B shows; null = a manifest's group_b, else no evaluation"
+    ground_truth_b: str | None = setting(None, "what is more true of set B (optional)")
+    top_k: int = setting(5, "hypotheses scored (Acc@1, Acc@5 and Acc@N over these)")
+    embedding_threshold: float = setting(
+        0.6, "evaluator=embedding: cosine for score 2 (half of it: 1)"
     )
-    top_k: int = setting(5, "hypotheses judged (Acc@1, Acc@5 and Acc@N over these)")
-    llm_base_url: str | None = setting(None, "judge LLM's /v1 URL; null = the proposer's endpoint")
-    llm_model: str | None = setting(None, "judge LLM's model name; null = the proposer's model")
-    llm_api_key_env: str | None = setting(
-        None, "env var with the judge's key (never the key); null = llm.api_key_env"
-    )
+    llm: JudgeLLMConfig = field(default_factory=JudgeLLMConfig)
 
 
 @dataclass
 class CacheConfig:
-    """Cache: image embeddings and captions keyed by model identity + image content hash."""
+    """Cache: embeddings/captions by model + image content hash; LLM answers by request."""
 
     root: str | None = setting(
         None, "content-addressed embedding/caption cache (local or s3://); null = off"
+    )
+    llm_answers: bool = setting(
+        True, "reuse LLM answers from cache.root (same model, messages, sampling)"
     )
 
 
@@ -275,7 +332,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "llm.backend": ("serve", "external", "none"),
     "llm.engine": ("transformers", "vllm"),
     "caption.source": ("model", "manifest", "auto"),
-    "rank.ranker": ("clip", "sentence"),
+    "rank.ranker": RANKERS,
+    "propose.proposer": PROPOSERS,
+    "evaluate.evaluator": EVALUATORS,
+    "evaluate.llm.backend": ("serve", "external"),
+    "evaluate.llm.engine": ("transformers", "vllm"),
 }
 
 
@@ -331,14 +392,27 @@ def render_base_yaml() -> str:
     for f in fields(config):
         value = getattr(config, f.name)
         if is_dataclass(value):
-            lines += ["", f"# {type(value).__doc__}", f"{f.name}:"]
-            lines += [
-                f"  {sub.name}: {yaml_value(getattr(value, sub.name))}  # {sub.metadata['doc']}"
-                for sub in fields(value)
-            ]
+            lines += ["", f"# {_first_line(type(value).__doc__)}", f"{f.name}:"]
+            lines += _section_lines(value, "  ")
         else:
             lines.append(f"{f.name}: {yaml_value(value)}  # {f.metadata['doc']}")
     return "\n".join(lines) + "\n"
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def _section_lines(section: Any, indent: str) -> list[str]:
+    lines = []
+    for sub in fields(section):
+        value = getattr(section, sub.name)
+        if is_dataclass(value):  # a nested section (evaluate.llm)
+            lines += [f"{indent}{sub.name}:  # {_first_line(type(value).__doc__)}"]
+            lines += _section_lines(value, indent + "  ")
+        else:
+            lines.append(f"{indent}{sub.name}: {yaml_value(value)}  # {sub.metadata['doc']}")
+    return lines
 
 
 def _key_error(key: str, reason: str) -> ConfigError:
@@ -537,6 +611,20 @@ BOUNDS: dict[str, Bound] = {
     "rank.alpha": Bound(0, 1, open_low=True),
     "rank.ci_level": Bound(0.5, 0.9999),
     "evaluate.top_k": Bound(1, 1000),
+    "evaluate.embedding_threshold": Bound(-1, 1, note="cosine similarity"),
+    "evaluate.llm.temperature": Bound(0, 2),
+    "evaluate.llm.max_tokens": Bound(1, 131_072),
+    "evaluate.llm.timeout_s": Bound(0, 86_400, open_low=True, note="seconds"),
+    "evaluate.llm.max_answer_bytes": Bound(1024, 1 << 30, note="bytes"),
+    "evaluate.llm.http_port": Bound(1, 65_535),
+    "evaluate.llm.num_replicas": Bound(1, 1000),
+    "evaluate.llm.num_cpus": CPUS,
+    "evaluate.llm.num_gpus": GPUS,
+    "data.purity": Bound(0.5, 1, note="1 = no swap; 0.5 = sets fully mixed"),
+    "propose.grid_images": Bound(1, 64),
+    "propose.grid_cell_px": Bound(16, 1024),
+    "rank.max_judged_images": Bound(0, 10**7, note="0 = data.max_num_samples"),
+    "rank.judge_concurrency": Bound(1, 256),
     "ray.num_cpus": Bound(0, 100_000, note="0 or null = max(4, cores)"),
     "ray.object_store_memory_mb": Bound(0, 10**8, note="0 or null = Ray's default"),
     "report.top_n_print": Bound(0, 1000),
@@ -581,28 +669,56 @@ def _check_text_template(template: str) -> None:
         )
 
 
-def _check_base_url(url: str | None) -> None:
+def _check_base_url(url: str | None, key: str = "llm.base_url") -> None:
     if url is None:
         return
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"config key 'llm.base_url' = {url!r} must be an http:// or https:// URL with a host "
+            f"config key '{key}' = {url!r} must be an http:// or https:// URL with a host "
             "(e.g. https://api.openai.com/v1)"
         )
 
 
-def _check_offline(config: DescribeConfig) -> None:
-    """The sentence ranker reads the input's captions; without an LLM there is no judge."""
-    if config.rank.ranker == "sentence" and config.caption.source == "model":
+def _check_variants(config: DescribeConfig) -> None:
+    """Cross-checks of the chosen proposer, ranker and evaluator against the rest."""
+    if config.rank.ranker == "caption" and config.caption.source == "model":
         raise ConfigError(
-            "rank.ranker=sentence ranks the input's own captions (manifest column, alt-text): "
+            "rank.ranker=caption ranks the input's own captions (manifest column, alt-text): "
             "set caption.source=manifest or auto"
         )
-    if config.llm.backend == "none" and config.evaluate.enabled:
+    if config.llm.backend == "none":
+        for key, names in NEEDS_LLM.items():
+            if _get(config, key) in names:
+                raise ConfigError(
+                    f"{key}={_get(config, key)} needs an LLM but llm.backend=none: set "
+                    "llm.backend=serve or external (with llm.base_url), or "
+                    + (
+                        "propose.proposer=keyphrase"
+                        if key == "propose.proposer"
+                        else "rank.ranker=clip"
+                    )
+                )
+    ev = config.evaluate
+    if ev.evaluator != "none" and not ev.ground_truth_a:
         raise ConfigError(
-            "evaluate.enabled needs the LLM judge but llm.backend=none runs without an LLM: "
-            "set evaluate.enabled=false, or llm.backend=external with llm.base_url"
+            f"evaluate.evaluator={ev.evaluator} needs the ground truth: set "
+            "evaluate.ground_truth_a (what is more true of set A), or evaluate.evaluator=none"
+        )
+    if ev.evaluator == "llm_judge" and ev.llm.backend == "external" and not ev.llm.base_url:
+        raise ConfigError(
+            "evaluate.llm.backend=external needs evaluate.llm.base_url (an OpenAI-compatible "
+            "/v1 URL)"
+        )
+    data = config.data
+    if (data.filter_a or data.filter_b or data.subset or data.pair_column) and not data.manifest:
+        raise ConfigError(
+            "data.filter_a/filter_b/subset/pair_column select manifest rows: set data.manifest"
+        )
+    if config.propose.proposer == "paired" and data.manifest and not data.pair_column:
+        raise ConfigError(
+            "propose.proposer=paired with a manifest needs data.pair_column (the column that "
+            "pairs an A image with a B image, e.g. prompt)"
         )
 
 
@@ -624,8 +740,13 @@ def validate(config: DescribeConfig) -> None:
         raise ConfigError(
             "no input: set data.manifest (+ data.group_a, data.group_b) or data.set_a and data.set_b"
         )
-    if by_manifest and (not data.group_a or not data.group_b):
-        raise ConfigError("data.manifest needs data.group_a and data.group_b (group_name values)")
+    for side in ("a", "b"):
+        group, rule = getattr(data, f"group_{side}"), getattr(data, f"filter_{side}")
+        if by_manifest and bool(group) == bool(rule):
+            raise ConfigError(
+                f"data.manifest needs exactly one of data.group_{side} (a group_name value) "
+                f"and data.filter_{side} (a filter over manifest columns)"
+            )
     if by_folders and (not data.set_a or not data.set_b):
         raise ConfigError("both data.set_a and data.set_b must be given (one folder per set)")
     for key, value in (("data.set_a", data.set_a), ("data.set_b", data.set_b)):
@@ -639,15 +760,23 @@ def validate(config: DescribeConfig) -> None:
     _check_bounds(config)
     _check_text_template(config.rank.text_template)
     _check_base_url(config.llm.base_url)
-    _check_offline(config)
+    _check_base_url(config.evaluate.llm.base_url, "evaluate.llm.base_url")
+    _check_variants(config)
     if config.llm.backend == "external" and not config.llm.base_url:
         raise ConfigError("llm.backend=external needs llm.base_url (an OpenAI-compatible /v1 URL)")
-    if not config.llm.route_prefix.startswith("/"):
-        raise ConfigError(
-            f"config key 'llm.route_prefix' = {config.llm.route_prefix!r} must start with '/'"
-        )
+    for key in ("llm.route_prefix", "evaluate.llm.route_prefix"):
+        if not str(_get(config, key)).startswith("/"):
+            raise ConfigError(f"config key '{key}' = {_get(config, key)!r} must start with '/'")
     if not config.output_dir:
         raise ConfigError("config key 'output_dir' must be a folder path")
+
+
+def judge_shares_llm(config: DescribeConfig) -> bool:
+    """The judge uses the proposer's LLM only when its settings name the same one (backend,
+    engine, model, URL): sharing is stated in the config, never a silent fallback."""
+    judge, llm = config.evaluate.llm, config.llm
+    same = ("backend", "engine", "model", "base_url", "external_model")
+    return all(getattr(judge, key) == getattr(llm, key) for key in same)
 
 
 def to_yaml(config: DescribeConfig) -> str:

@@ -58,3 +58,7 @@ RUN_FILES = (
     "report.html",
     "status.json",
 )
+
+# Paired sets (propose.proposer=paired): the key an A image shares with its B image (a manifest's
+# data.pair_column, or the file name for two folders).
+PAIR = "pair"

@@ -1,165 +1,98 @@
-"""LLM-judge evaluation of the ranked list against the ground-truth difference (Acc@k).
+"""Ground truth and the LLM judge's metrics (Acc@k) for one run's ranked hypotheses.
 
-Evaluation needs a ground truth the user gave: `evaluate.ground_truth_a/b`, or a manifest's group
-names (`data.group_a/b`, VisDiffBench style). Folder and shard names are paths, not descriptions:
-without a ground truth the judge does not run and the log says why. The judge may be another
-LLM than the proposer (`evaluate.llm_*`); unset, it reuses the proposer's client.
+Evaluation needs a ground truth the user gave, in `evaluate.ground_truth_a` (and optionally
+`_b`), or a bench suite's pair: folder, shard or group names are never read as descriptions.
+Which client judges (the proposer's, or the judge's own `evaluate.llm`) is decided by the
+pipeline (`pipeline/evaluators.py`); this module only scores with the client it is given and
+records which model that was.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from visdiff.config import DataConfig, EvaluateConfig, LLMConfig
+from visdiff.config import EvaluateConfig, LLMConfig
 from visdiff.errors import ConfigError
 from visdiff.evaluate.judge import JudgeResult, build_judge_messages, parse_judge_score, summarize
-from visdiff.llm.client import ChatClient, HTTPChatClient
+from visdiff.llm.client import ChatClient
 
-log = logging.getLogger(__name__)
-
-EVALUATOR = "llm_judge"
+LLM_JUDGE = "llm_judge"
 JUDGE_MAX_TOKENS = 16  # the judge answers one digit; a little room for "Score: 2"
+JUDGE_THREADS = 8  # judgements in flight at once
 
 
 @dataclass(frozen=True)
 class GroundTruth:
-    a: str  # what set A shows
-    b: str  # what set B shows
-    source: str  # the config keys it came from
+    a: str  # what is more true of set A
+    b: str | None = None  # what is more true of set B (optional)
+    source: str = "evaluate.ground_truth_a/b"  # where it came from
 
 
-def ground_truth_for(eval_cfg: EvaluateConfig, data_cfg: DataConfig) -> GroundTruth | None:
-    """The ground truth the user gave, or None (folders / shards without evaluate.ground_truth_*)."""
-    given_a, given_b = eval_cfg.ground_truth_a, eval_cfg.ground_truth_b
-    if bool(given_a) != bool(given_b):
+def ground_truth_for(eval_cfg: EvaluateConfig) -> GroundTruth | None:
+    """The ground truth the user gave (evaluate.ground_truth_a[/b]), or None."""
+    if eval_cfg.ground_truth_b and not eval_cfg.ground_truth_a:
         raise ConfigError(
-            "config keys 'evaluate.ground_truth_a' and 'evaluate.ground_truth_b' go together: "
-            "give both (what set A shows, what set B shows) or neither"
+            "config key 'evaluate.ground_truth_b' is set without 'evaluate.ground_truth_a': "
+            "set evaluate.ground_truth_a (what is more true of set A)"
         )
-    if given_a and given_b:
-        return GroundTruth(given_a, given_b, "evaluate.ground_truth_a/b")
-    if data_cfg.manifest and data_cfg.group_a and data_cfg.group_b:
-        return GroundTruth(data_cfg.group_a, data_cfg.group_b, "data.group_a/b (manifest groups)")
-    return None
-
-
-@dataclass(frozen=True)
-class JudgeEndpoint:
-    base_url: str
-    model: str
-    api_key_env: str
-
-
-def judge_endpoint(eval_cfg: EvaluateConfig, llm_cfg: LLMConfig) -> JudgeEndpoint | None:
-    """Where the judge runs when it is not the proposer's client (None: reuse that client)."""
-    if not (eval_cfg.llm_base_url or eval_cfg.llm_model or eval_cfg.llm_api_key_env):
+    if not eval_cfg.ground_truth_a:
         return None
-    external = llm_cfg.base_url if llm_cfg.backend == "external" else None
-    base_url = eval_cfg.llm_base_url or external
-    if not base_url:
+    return GroundTruth(eval_cfg.ground_truth_a, eval_cfg.ground_truth_b or None)
+
+
+def require_ground_truth(eval_cfg: EvaluateConfig) -> GroundTruth:
+    """The ground truth, or a ConfigError naming the key (config validation says it first)."""
+    truth = ground_truth_for(eval_cfg)
+    if truth is None:
         raise ConfigError(
-            "config keys 'evaluate.llm_model' / 'evaluate.llm_api_key_env' need "
-            "'evaluate.llm_base_url' with llm.backend=serve (the Serve app answers to one "
-            "model); set evaluate.llm_base_url to the judge's OpenAI-compatible /v1 URL"
+            f"evaluate.evaluator={eval_cfg.evaluator} needs the ground truth: set "
+            "evaluate.ground_truth_a (what is more true of set A), or evaluate.evaluator=none"
         )
-    model = eval_cfg.llm_model or llm_cfg.external_model or llm_cfg.served_model_name
-    return JudgeEndpoint(base_url, model, eval_cfg.llm_api_key_env or llm_cfg.api_key_env)
+    return truth
 
 
-def _proposer_model(llm_cfg: LLMConfig) -> str:
-    if llm_cfg.backend == "external":
-        return llm_cfg.external_model or llm_cfg.served_model_name
-    return llm_cfg.model
+def served_model(cfg: LLMConfig) -> str:
+    """The model an LLM config's client talks to, as recorded in metrics.json."""
+    if cfg.backend == "external":
+        return cfg.external_model or cfg.served_model_name
+    return cfg.model
 
 
-@contextmanager
-def open_judge(
-    eval_cfg: EvaluateConfig, llm_cfg: LLMConfig, proposer: ChatClient
-) -> Iterator[tuple[ChatClient, str]]:
-    """(judge client, judge model name): its own endpoint when configured, else `proposer`."""
-    endpoint = judge_endpoint(eval_cfg, llm_cfg)
-    if endpoint is None:
-        yield proposer, _proposer_model(llm_cfg)
-        return
-    client = HTTPChatClient.from_env(
-        endpoint.base_url,
-        endpoint.model,
-        endpoint.api_key_env,
-        timeout_s=llm_cfg.timeout_s,
-        max_answer_bytes=llm_cfg.max_answer_bytes,
-    )
-    try:
-        yield client, endpoint.model
-    finally:
-        client.close()
-
-
-def evaluate_ranked(
+def judge_hypotheses(
     client: ChatClient,
-    ranked_hypotheses: list[str],
+    hypotheses: list[str],
+    truth: GroundTruth,
     *,
-    ground_truth: GroundTruth,
     top_k: int,
     seed: int,
+    judge_model: str,
 ) -> dict[str, Any]:
-    """Judge the top `top_k` hypotheses with `client`; Acc@1, Acc@5 and Acc@N over them."""
-    top = ranked_hypotheses[:top_k]
+    """metrics.json's content: the top `top_k` hypotheses (best first) scored 0/1/2 by `client`
+    with the paper's rubric; Acc@1, Acc@5 and Acc@N over them. `top_k` LLM calls."""
+    top = hypotheses[:top_k]
 
     def judge(item: tuple[int, str]) -> JudgeResult:
         rank, hypothesis = item
         messages = build_judge_messages(
-            hypothesis, ground_truth_a=ground_truth.a, ground_truth_b=ground_truth.b
+            hypothesis, ground_truth_a=truth.a, ground_truth_b=truth.b or ""
         )
         raw = client.reply(messages, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS, seed=seed).text
         return JudgeResult(hypothesis=hypothesis, rank=rank, score=parse_judge_score(raw), raw=raw)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(top)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(JUDGE_THREADS, len(top)))) as pool:
         results = list(pool.map(judge, enumerate(top, start=1)))
-    summary = summarize(results, ks=(1, 5))
     return {
-        "ground_truth_a": ground_truth.a,
-        "ground_truth_b": ground_truth.b,
-        "ground_truth_source": ground_truth.source,
-        "evaluator": EVALUATOR,
-        **summary,
+        "evaluator": LLM_JUDGE,
+        "judge_model": judge_model,
+        "ground_truth_a": truth.a,
+        "ground_truth_b": truth.b,
+        "ground_truth_source": truth.source,
+        "top_k": top_k,
+        **summarize(results, ks=(1, 5)),
         "judgements": [
             {"rank": r.rank, "hypothesis": r.hypothesis, "score": r.score, "raw": r.raw}
             for r in results
         ],
     }
-
-
-def evaluate_run(
-    proposer: ChatClient,
-    ranked_hypotheses: list[str],
-    *,
-    eval_cfg: EvaluateConfig,
-    data_cfg: DataConfig,
-    llm_cfg: LLMConfig,
-    seed: int,
-) -> dict[str, Any] | None:
-    """metrics.json's content, or None (logged) when the user gave no ground truth."""
-    truth = ground_truth_for(eval_cfg, data_cfg)
-    if truth is None:
-        log.warning(
-            "evaluate.enabled is set but no ground truth was given, so the judge does not run "
-            "and there is no metrics.json (folder and shard names are not descriptions); set "
-            "evaluate.ground_truth_a and evaluate.ground_truth_b to evaluate"
-        )
-        return None
-    with open_judge(eval_cfg, llm_cfg, proposer) as (judge, model):
-        log.info(
-            "judging the top %d hypotheses with %s against the ground truth from %s",
-            eval_cfg.top_k,
-            model,
-            truth.source,
-        )
-        metrics = evaluate_ranked(
-            judge, ranked_hypotheses, ground_truth=truth, top_k=eval_cfg.top_k, seed=seed
-        )
-    return {**metrics, "judge_model": model}

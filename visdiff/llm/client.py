@@ -10,13 +10,18 @@ Bounds: `timeout_s` is a total deadline per attempt (connect + every read, see `
 and an answer larger than `max_answer_bytes` is refused, not cut (a cut JSON answer cannot be
 parsed, and a half answer would read as a whole one). The raw response is streamed so that
 neither a slow nor a huge answer is read beyond its bound.
+
+Cost: every client counts its calls and tokens (`usage()`, thread-safe), and gives the picklable
+`ClientSettings` it was built from, so Ray actors (the llm/vlm rankers) call the same endpoint
+with their own client, reading the key from the same env var.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import httpx2
@@ -40,13 +45,91 @@ _FIXES = {
 
 @dataclass(frozen=True)
 class ChatReply:
-    """One answer and why generation stopped: "stop", or "length" when cut at max_tokens."""
+    """One answer and why generation stopped: "stop", or "length" when cut at max_tokens.
+
+    What it cost rides along (equality ignores it: the same answer is the same answer): tokens
+    from the server's `usage` when it sent one, and `cached` when no call was made for it."""
 
     text: str
     finish_reason: str | None
+    prompt_tokens: int | None = field(default=None, compare=False)
+    completion_tokens: int | None = field(default=None, compare=False)
+    cached: bool = field(default=False, compare=False)
 
 
-Messages = list[dict[str, str]]  # OpenAI chat messages: {role, content}
+# OpenAI chat messages: {role, content}; content is a string, or a list of parts (text and
+# image_url) for vision models.
+Messages = list[dict[str, Any]]
+
+USAGE_KEYS = ("calls", "failed", "prompt_tokens", "completion_tokens", "cached")
+
+
+def empty_usage() -> dict[str, int]:
+    return dict.fromkeys(USAGE_KEYS, 0)
+
+
+def merge_usage(*usages: dict[str, int]) -> dict[str, int]:
+    """Sum of usage counts (the run's client, the rankers' actors, the judge), key by key."""
+    total = empty_usage()
+    for usage in usages:
+        for key, value in usage.items():
+            total[key] = total.get(key, 0) + int(value)
+    return total
+
+
+class UsageCounter:
+    """Thread-safe counts of what a client spent; it travels as zeros (each process counts its
+    own calls, and the pipeline adds them up)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = empty_usage()
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for key, value in counts.items():
+                self._counts[key] += int(value)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def __reduce__(self) -> tuple[type[UsageCounter], tuple[()]]:
+        return (UsageCounter, ())
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything needed to build an `HTTPChatClient` elsewhere (a Ray actor): picklable, and
+    never the key itself, only the name of the env var that holds it.
+
+    `identity` is what the model really is, for answer caches: our Serve app answers to one
+    name (llm.served_model_name) whatever model it runs, so its clients set the model there
+    (llm.model); empty means `model`."""
+
+    base_url: str
+    model: str
+    api_key_env: str = ""
+    timeout_s: float = 300.0
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_retries: int = 2
+    identity: str = ""
+
+    @property
+    def model_identity(self) -> str:
+        return self.identity or self.model
+
+    def build(self) -> HTTPChatClient:
+        """A client for these settings; the key is read from the environment of the caller."""
+        return HTTPChatClient.from_env(
+            self.base_url,
+            self.model,
+            self.api_key_env,
+            timeout_s=self.timeout_s,
+            max_answer_bytes=self.max_answer_bytes,
+            max_retries=self.max_retries,
+            identity=self.identity,
+        )
 
 
 @runtime_checkable
@@ -56,6 +139,12 @@ class ChatClient(Protocol):
     def reply(
         self, messages: Messages, *, temperature: float, max_tokens: int, seed: int | None = None
     ) -> ChatReply: ...
+
+
+def usage_of(client: object) -> dict[str, int]:
+    """A client's usage counts; zeros for a client that does not count (a test double)."""
+    usage = getattr(client, "usage", None)
+    return merge_usage(usage()) if callable(usage) else empty_usage()
 
 
 class HTTPChatClient:
@@ -70,6 +159,8 @@ class HTTPChatClient:
         timeout_s: float = 300.0,
         max_retries: int = 2,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        api_key_env: str = "",
+        identity: str = "",
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise LLMError(f"LLM base_url '{base_url}' must start with http:// or https://")
@@ -86,8 +177,12 @@ class HTTPChatClient:
         self.max_retries = int(max_retries)
         self.max_answer_bytes = int(max_answer_bytes)
         self._api_key = api_key or None
+        self.api_key_env = api_key_env
+        self.identity = identity
         self._sdk: openai.OpenAI | None = None
         self._deadline: Deadline | None = None
+        self._sdk_lock = threading.Lock()
+        self._usage = UsageCounter()
 
     @classmethod
     def from_env(
@@ -99,7 +194,30 @@ class HTTPChatClient:
     ) -> HTTPChatClient:
         """Read the key from the env var *named* by the config; local servers need none."""
         api_key = os.environ.get(api_key_env) if api_key_env else None
-        return cls(base_url, model, api_key=api_key, **kwargs)
+        return cls(base_url, model, api_key=api_key, api_key_env=api_key_env, **kwargs)
+
+    @property
+    def settings(self) -> ClientSettings:
+        """How to build this client elsewhere (a Ray actor) without carrying its key."""
+        if self._api_key is not None and not self.api_key_env:
+            raise LLMError(
+                f"the client for {self.base_url} was given its key directly, so other processes "
+                "cannot get it: build it with HTTPChatClient.from_env (the key in an env var)"
+            )
+        return ClientSettings(
+            self.base_url,
+            self.model,
+            self.api_key_env,
+            self.timeout_s,
+            self.max_answer_bytes,
+            self.max_retries,
+            self.identity,
+        )
+
+    def usage(self) -> dict[str, int]:
+        """Calls sent by this client (`failed`: those that raised), tokens the server reported,
+        and `cached` (always 0 here; a caching wrapper counts its own)."""
+        return self._usage.snapshot()
 
     @property
     def url(self) -> str:
@@ -118,26 +236,33 @@ class HTTPChatClient:
         state = self.__dict__.copy()
         state["_sdk"] = None
         state["_deadline"] = None
+        del state["_sdk_lock"]
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._sdk_lock = threading.Lock()
+
     def _client(self) -> tuple[openai.OpenAI, Deadline]:
-        if self._sdk is None or self._deadline is None:
-            self._deadline = Deadline(self.timeout_s)
-            self._sdk = openai.OpenAI(
-                base_url=self.base_url,
-                api_key=self._api_key or _NO_KEY,
-                timeout=self.timeout_s,
-                max_retries=self.max_retries,
-                http_client=http_client_with_deadline(
-                    self._deadline, openai.DEFAULT_CONNECTION_LIMITS
-                ),
-            )
-        return self._sdk, self._deadline
+        with self._sdk_lock:  # several threads may send their first request at once
+            if self._sdk is None or self._deadline is None:
+                self._deadline = Deadline(self.timeout_s)
+                self._sdk = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self._api_key or _NO_KEY,
+                    timeout=self.timeout_s,
+                    max_retries=self.max_retries,
+                    http_client=http_client_with_deadline(
+                        self._deadline, openai.DEFAULT_CONNECTION_LIMITS
+                    ),
+                )
+            return self._sdk, self._deadline
 
     def close(self) -> None:
-        if self._sdk is not None:
-            self._sdk.close()
-            self._sdk = None
+        with self._sdk_lock:
+            if self._sdk is not None:
+                self._sdk.close()
+                self._sdk = None
 
     def __enter__(self) -> HTTPChatClient:
         return self
@@ -158,14 +283,24 @@ class HTTPChatClient:
             request["seed"] = seed
         sdk, deadline = self._client()
         try:
-            # Non-streaming request, raw response streamed: read under the deadline and the cap.
-            with sdk.chat.completions.with_streaming_response.create(**request) as response:
-                body = self._read_answer(response, deadline)
-        except openai.APIError as exc:
-            raise self._error(exc) from None
-        finally:
-            deadline.clear()
-        return self._reply_of(self._parse(body))
+            try:
+                # Non-streaming request, raw response streamed: read under the deadline and cap.
+                with sdk.chat.completions.with_streaming_response.create(**request) as response:
+                    body = self._read_answer(response, deadline)
+            except openai.APIError as exc:
+                raise self._error(exc) from None
+            finally:
+                deadline.clear()
+            reply = self._reply_of(self._parse(body))
+        except BaseException:
+            self._usage.add(calls=1, failed=1)
+            raise
+        self._usage.add(
+            calls=1,
+            prompt_tokens=reply.prompt_tokens or 0,
+            completion_tokens=reply.completion_tokens or 0,
+        )
+        return reply
 
     def _read_answer(self, response: Any, deadline: Deadline) -> bytes:
         """The body, refused past `max_answer_bytes` or past the attempt's deadline."""
@@ -277,4 +412,18 @@ class HTTPChatClient:
                 f"LLM endpoint {self.url} answered without text content "
                 f"(finish_reason={choice.finish_reason!r}); a refusal or tool call cannot be used"
             )
-        return ChatReply(content, choice.finish_reason)
+        prompt_tokens, completion_tokens = _tokens(getattr(completion, "usage", None))
+        return ChatReply(content, choice.finish_reason, prompt_tokens, completion_tokens)
+
+
+def _tokens(usage: Any) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens of a response's `usage` (a dict when built without
+    validation); None where the server sent none or something else."""
+    if usage is None:
+        return None, None
+    get = usage.get if isinstance(usage, dict) else lambda key: getattr(usage, key, None)
+    counts = [get("prompt_tokens"), get("completion_tokens")]
+    clean = [
+        c if isinstance(c, int) and not isinstance(c, bool) and c >= 0 else None for c in counts
+    ]
+    return clean[0], clean[1]

@@ -1,7 +1,9 @@
 """Fail fast, before Ray or any weights load, when a configured model cannot be obtained.
 
-A model is available when it is "tiny", a local folder/file, already in the local Hugging Face
-cache, or (when the hub is not switched off) answered for by the hub within a short timeout.
+A model is available when it is "tiny" (or "tiny-vlm"), a local folder/file, already in the
+local Hugging Face cache, or (when the hub is not switched off) answered for by the hub within a
+short timeout. A variant that sends images (propose.proposer=vlm, rank.ranker=vlm) also needs a
+served model that takes them; that is checked here too, from the model's config.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import difflib
 import os
 from pathlib import Path
 
-from visdiff.config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, TINY, DescribeConfig
-from visdiff.errors import ModelUnavailableError, first_line
+from visdiff.config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, TINY, TINY_VLM, DescribeConfig
+from visdiff.errors import ConfigError, ModelUnavailableError, first_line
 
 HUB_TIMEOUT_S = 10.0
 _TRUE = {"1", "true", "yes", "on"}
@@ -86,8 +88,8 @@ def check_hub_repo(
 
 
 def check_model_available(role: str, model_id: str, key: str, preset: str = "?") -> None:
-    """transformers-style model ids: "tiny", a local folder, or a hub id."""
-    if model_id == TINY:
+    """transformers-style model ids: "tiny" / "tiny-vlm", a local folder, or a hub id."""
+    if model_id in (TINY, TINY_VLM):
         return
     path = Path(model_id).expanduser()
     if path.is_dir():
@@ -208,6 +210,8 @@ def check_engines_installed(config: DescribeConfig) -> None:
     wanted = []
     if config.llm.backend == "serve" and config.llm.engine == "vllm":
         wanted.append("llm.engine=vllm")
+    if _judge_served(config) and config.evaluate.llm.engine == "vllm":
+        wanted.append("evaluate.llm.engine=vllm")
     if config.caption.source != "manifest" and config.captioner.kind == "vllm":
         wanted.append("captioner.kind=vllm")
     if wanted and importlib.util.find_spec("vllm") is None:
@@ -217,11 +221,34 @@ def check_engines_installed(config: DescribeConfig) -> None:
         )
 
 
+def _judge_served(config: DescribeConfig) -> bool:
+    return config.evaluate.evaluator == "llm_judge" and config.evaluate.llm.backend == "serve"
+
+
+def check_vlm_served(config: DescribeConfig) -> None:
+    """A variant that sends images needs our Serve app to host a VLM (an external endpoint is
+    the user's to choose). A model whose config cannot be read passes: its load will tell."""
+    from visdiff.models.vlm import is_vlm
+
+    if config.llm.backend != "serve":
+        return
+    for key in ("propose.proposer", "rank.ranker"):
+        section, _, name = key.partition(".")
+        if getattr(getattr(config, section), name) != "vlm":
+            continue
+        if not is_vlm(config.llm.model, default=True):
+            raise ConfigError(
+                f"{key}=vlm sends images, but llm.model '{config.llm.model}' does not take "
+                f"images; use a VLM (llm.model={TINY_VLM} or a LLaVA-style hub model such as "
+                "llava-hf/llava-1.5-7b-hf)"
+            )
+
+
 def check_models_available(config: DescribeConfig) -> None:
     """Raise ModelUnavailableError for the first model of the run that cannot be obtained."""
     preset = config.models
     check_engines_installed(config)
-    if config.rank.ranker == "sentence":  # captions ranked with a sentence model, not CLIP
+    if config.rank.ranker == "caption":  # captions ranked with a sentence model, not CLIP
         from visdiff.models.sentence import model_source
 
         source = model_source(config.sentence.model)
@@ -232,3 +259,6 @@ def check_models_available(config: DescribeConfig) -> None:
         check_model_available("captioner", config.captioner.model, "captioner.model", preset)
     if config.llm.backend == "serve":
         check_model_available("LLM", config.llm.model, "llm.model", preset)
+        check_vlm_served(config)
+    if _judge_served(config):
+        check_model_available("judge LLM", config.evaluate.llm.model, "evaluate.llm.model", preset)

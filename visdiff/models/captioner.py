@@ -1,7 +1,8 @@
 """Captioner factory (BLIP / BLIP-2 via transformers) and batched greedy captioning.
 
-`model="tiny"` builds a randomly initialised, seeded BLIP from a config with an offline WordPiece
-vocabulary: it runs anywhere without downloads and produces meaningless but deterministic text.
+`model="tiny"` builds a randomly initialised, seeded BLIP (kind=blip) or BLIP-2 with a small OPT
+language model (kind=blip2) from a config with an offline WordPiece vocabulary: it runs anywhere
+without downloads and produces meaningless but deterministic text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from transformers import (
     BertTokenizer,
+    Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
     BlipConfig,
@@ -28,7 +30,20 @@ from visdiff.errors import ConfigError
 from visdiff.models.device import pick_device, torch_dtype
 
 TINY_IMAGE_SIZE = 32
+TINY_QUERY_TOKENS = 4
 INIT_SEED = 0
+# The tiny models' vision tower (shared by BLIP and BLIP-2). BLIP's vision configs default to
+# initializer_range=1e-10 (pretrained weights replace it), which would leave a random tower
+# blind: its output ~1e-6, so every image got the same caption. 0.02 makes images matter.
+_TINY_VISION = {
+    "initializer_range": 0.02,
+    "image_size": TINY_IMAGE_SIZE,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
 
 # kind -> (model class, processor class); explicit so config strings never reach getattr.
 CAPTIONERS: dict[str, tuple[type, type]] = {
@@ -59,24 +74,26 @@ def wordpiece_vocab_path() -> Path:
     return path
 
 
-def _tiny_blip() -> tuple[torch.nn.Module, BlipProcessor]:
+def _tiny_tokenizer() -> BertTokenizer:
     # transformers 5 names the WordPiece file argument `vocab` (it was `vocab_file`).
-    tokenizer = BertTokenizer(vocab=str(wordpiece_vocab_path()))
-    processor = BlipProcessor(
-        image_processor=BlipImageProcessor(
-            size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-        ),
-        tokenizer=tokenizer,
-    )
+    return BertTokenizer(vocab=str(wordpiece_vocab_path()))
+
+
+def _tiny_image_processor() -> BlipImageProcessor:
+    return BlipImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+
+
+def _seeded(build: Any) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return build()
+
+
+def _tiny_blip() -> tuple[torch.nn.Module, BlipProcessor]:
+    tokenizer = _tiny_tokenizer()
+    processor = BlipProcessor(image_processor=_tiny_image_processor(), tokenizer=tokenizer)
     config = BlipConfig(
-        vision_config={
-            "image_size": TINY_IMAGE_SIZE,
-            "patch_size": 8,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-        },
+        vision_config=_TINY_VISION,
         text_config={
             "vocab_size": tokenizer.vocab_size,
             "hidden_size": 32,
@@ -93,10 +110,48 @@ def _tiny_blip() -> tuple[torch.nn.Module, BlipProcessor]:
         },
         projection_dim=32,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        model = BlipForConditionalGeneration(config)
-    return model, processor
+    return _seeded(lambda: BlipForConditionalGeneration(config)), processor
+
+
+def _tiny_blip2() -> tuple[torch.nn.Module, Blip2Processor]:
+    tokenizer = _tiny_tokenizer()
+    # The processor adds the "<image>" placeholder token; the model's vocabulary includes it.
+    processor = Blip2Processor(
+        image_processor=_tiny_image_processor(),
+        tokenizer=tokenizer,
+        num_query_tokens=TINY_QUERY_TOKENS,
+    )
+    config = Blip2Config(
+        vision_config=_TINY_VISION,
+        qformer_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "encoder_hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+        },
+        text_config={
+            "model_type": "opt",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "word_embed_proj_dim": 32,
+            "ffn_dim": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+            "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        num_query_tokens=TINY_QUERY_TOKENS,
+        image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token.content),
+    )
+    return _seeded(lambda: Blip2ForConditionalGeneration(config)), processor
+
+
+TINY_BUILDERS = {"blip": _tiny_blip, "blip2": _tiny_blip2}
 
 
 def load_captioner(cfg: CaptionerConfig) -> CaptionerBundle:
@@ -108,9 +163,7 @@ def load_captioner(cfg: CaptionerConfig) -> CaptionerBundle:
     device = pick_device(cfg.num_gpus)
     dtype = torch_dtype(cfg.precision, device)
     if cfg.model == TINY:
-        if cfg.kind != "blip":
-            raise ConfigError("captioner.model=tiny exists only for captioner.kind=blip")
-        model, processor = _tiny_blip()
+        model, processor = TINY_BUILDERS[cfg.kind]()
     else:
         model_cls, processor_cls = CAPTIONERS[cfg.kind]
         processor = processor_cls.from_pretrained(cfg.model)

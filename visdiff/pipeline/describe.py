@@ -1,12 +1,13 @@
 """`describe(config) -> RunResult`: the whole VisDiff method, readable top to bottom.
 
 Inputs are planned (listed, or for shards only resolved) and model weights checked before Ray or
-any model starts. Image embedding does not need hypotheses, so it runs in a background thread
-while the sampled images are captioned and the LLM proposes; near-duplicate hypotheses are merged
-on the text embeddings that rank them (propose.merge_similarity); ranking then scores every
-embedded image per block and merges partial statistics on the driver. With
-propose.refine_rounds, the LLM sharpens the best hypotheses and the pool is ranked again
-(pipeline/refine.py).
+any model starts. The proposer, ranker and evaluator are the variants the config names
+(pipeline/proposers.py, rankers.py, evaluators.py). The ranker's work that needs no hypothesis
+(CLIP: embedding every image) runs in a background thread while the sampled images are captioned
+and the proposer proposes; near-duplicate hypotheses are merged on the ranker's text vectors
+(propose.merge_similarity); ranking then scores every row per block and merges partial
+statistics on the driver. With propose.refine_rounds, the LLM sharpens the best hypotheses and
+the pool is ranked again (pipeline/refine.py).
 """
 
 from __future__ import annotations
@@ -20,21 +21,20 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from visdiff.config import DescribeConfig, LLMConfig, to_yaml
+from visdiff.config import NEEDS_LLM, DescribeConfig, LLMConfig, judge_shares_llm, to_yaml
 from visdiff.errors import LLMError
-from visdiff.llm.client import ChatClient, HTTPChatClient
+from visdiff.llm.client import ChatClient, HTTPChatClient, merge_usage, usage_of
 from visdiff.models.availability import check_models_available
-from visdiff.pipeline.actors import ClipActors, clip_model_actors
-from visdiff.pipeline.graph import EmbeddedImages
-from visdiff.pipeline.offline import CaptionRanker
+from visdiff.pipeline.actors import clip_model_actors
+from visdiff.pipeline.context import RunContext
+from visdiff.pipeline.graph import EmbeddedImages, captioner_for
+from visdiff.pipeline.proposers import PROPOSERS, Proposer
+from visdiff.pipeline.rankers import RANKERS, Ranker, embed_all
 from visdiff.pipeline.refine import MissCaptions, Ranking, refine
 from visdiff.pipeline.runtime import ray_runtime
-from visdiff.propose.keyphrase import propose_keyphrases
-from visdiff.propose.pool import EmbedFn, HypothesisPool
-from visdiff.propose.proposer import proposal_rows, propose
-from visdiff.propose.rounds import CaptionedRounds, CaptionFn, build_rounds
+from visdiff.propose.pool import HypothesisPool
+from visdiff.propose.proposer import proposal_rows
+from visdiff.propose.rounds import CaptionedRounds, build_rounds
 from visdiff.rank.partials import rank_order
 from visdiff.rank.significance import ranked_rows
 from visdiff.report.render import write_report
@@ -64,7 +64,7 @@ class RunResult:
 @contextmanager
 def open_llm(cfg: LLMConfig) -> Iterator[ChatClient | None]:
     """The one seam to the LLM: our own Serve app, or any external OpenAI-compatible URL; None
-    for llm.backend=none (the keyphrase proposer, no judge)."""
+    for llm.backend=none."""
     if cfg.backend == "none":
         yield None
         return
@@ -92,7 +92,7 @@ def open_llm(cfg: LLMConfig) -> Iterator[ChatClient | None]:
 def _prepare(config: DescribeConfig, timer: StageTimer, say: Callable[[str], None]) -> InputPlan:
     """Everything that can fail on bad input, before Ray or a model starts."""
     with timer("load_inputs"):
-        plan = plan_inputs(config.data, caption_source=config.caption.source)
+        plan = plan_inputs(config.data, caption_source=config.caption.source, seed=config.seed)
     cap = config.data.max_num_samples
     for p in plan.sets:
         if p.records is None:
@@ -109,33 +109,21 @@ def _prepare(config: DescribeConfig, timer: StageTimer, say: Callable[[str], Non
     return plan
 
 
-def _embed_all(
-    plan: InputPlan, config: DescribeConfig, timer: StageTimer, clip: ClipActors | None = None
-) -> EmbeddedImages:
-    from visdiff.pipeline.graph import embed_images, ranking_dataset
-    from visdiff.pipeline.progress import expected_images, expecting
-
-    with timer("embed_images"):
-        ds_a, n_a = ranking_dataset(plan.a, config.data, seed=config.seed)
-        ds_b, n_b = ranking_dataset(plan.b, config.data, seed=config.seed)
-        sizes = [(n_a, len(plan.a.shards or [])), (n_b, len(plan.b.shards or []))]
-        with expecting("decode+embed", expected_images(sizes, config.data.max_num_samples)):
-            return embed_images(
-                ds_a.union(ds_b), config.clip, cache_root=config.cache.root, actors=clip
-            )
-
-
-def _embed_captions(
-    captions: CaptionRanker, plan: InputPlan, config: DescribeConfig, timer: StageTimer
-) -> EmbeddedImages:
-    with timer("embed_images"):
-        return captions.embed_images(plan, config.data, seed=config.seed)
-
-
-def _caption_samples(plan: InputPlan, config: DescribeConfig, timer: StageTimer) -> CaptionedRounds:
+def _caption_samples(
+    plan: InputPlan, config: DescribeConfig, timer: StageTimer, proposer: Proposer
+) -> CaptionedRounds:
+    """Each round's seeded samples (pairs for a paired proposer), captioned when the proposer
+    reads captions."""
     with timer("caption"):
         display_names = {p.set_name: p.display_name for p in plan.sets}
-        return build_rounds(display_names, _sample_pools(plan, config), config, _captioner(config))
+        return build_rounds(
+            display_names,
+            _sample_pools(plan, config),
+            config,
+            captioner_for(config),
+            need_captions=proposer.needs_captions,
+            paired=proposer.paired,
+        )
 
 
 def _sample_pools(plan: InputPlan, config: DescribeConfig) -> dict[str, list[dict[str, Any]]]:
@@ -170,94 +158,93 @@ def _describe(
 ) -> RunResult:
     folder.write_text("config.yaml", to_yaml(config))
 
+    from visdiff.pipeline.evaluators import EVALUATORS
     from visdiff.pipeline.evidence import finish_evidence, write_evidence
 
-    # rank.ranker=sentence (models=offline): captions and a sentence model stand in for CLIP.
-    captions = CaptionRanker(config.sentence) if config.rank.ranker == "sentence" else None
+    ctx = RunContext(config, plan, timer, say)
+    ranker_class = RANKERS.get(config.rank.ranker)
+    proposer = PROPOSERS.get(config.propose.proposer)(ctx)
+    evaluator = EVALUATORS.get(config.evaluate.evaluator)()
     metrics = None
     with (
         ray_runtime(config.ray) as ray_start,
-        nullcontext()
-        if captions
-        else clip_model_actors(config.clip, config.cache.root) as clip,  # images, then texts
+        clip_model_actors(config.clip, config.cache.root)  # images, then texts
+        if ranker_class.uses_clip
+        else nullcontext() as clip,
         ThreadPoolExecutor(max_workers=2) as background,
     ):
         _warm_up_ray()
-        if captions:
-            say("embedding the caption of every image in the background (rank.ranker=sentence)")
-            embedding = background.submit(_embed_captions, captions, plan, config, timer)
-        else:
-            say("decoding and embedding every image in the background (decode+embed lines)")
-            embedding = background.submit(_embed_all, plan, config, timer, clip)
-        # Captions do not need the LLM: caption while the LLM app starts.
-        say(f"captioning samples (caption.source={config.caption.source})")
-        captioning = background.submit(_caption_samples, plan, config, timer)
-        with open_llm(config.llm) as client:
+        ctx.clip = clip
+        ranker = ranker_class(ctx)
+        say(ranker.start(background))
+        # Samples are captioned while the LLM app starts: captions do not need it.
+        if proposer.needs_captions:
+            say(f"captioning samples (caption.source={config.caption.source})")
+        captioning = background.submit(_caption_samples, plan, config, timer, proposer)
+        with open_llm(config.llm) if _needs_llm(config) else nullcontext() as client:
+            ctx.client = _with_answer_cache(client, config)
             captioned = captioning.result()
             with timer("propose"):
-                say(f"proposing: {config.propose.num_rounds} rounds")
-                if client is None:  # llm.backend=none
-                    proposals, _ = propose_keyphrases(captioned.rounds, config.propose)
-                    if config.propose.refine_rounds:
-                        say("propose.refine_rounds is not used with llm.backend=none: no LLM")
-                else:
-                    proposals, _ = propose(
-                        client,
-                        captioned.rounds,
-                        config.propose,
-                        config.llm,
-                        seed=config.seed,
-                        caption_prompt=config.captioner.prompt or None,
-                    )
+                say(f"proposing: {config.propose.num_rounds} rounds ({config.propose.proposer})")
+                proposals = proposer.propose(captioned)
             folder.write_jsonl("hypotheses.jsonl", proposal_rows(proposals))  # before merging
             if not any(p.hypotheses for p in proposals):
                 raise LLMError(
-                    f"the LLM proposed no parseable hypothesis in {len(proposals)} rounds; "
-                    f"its raw answers are in {folder.path('hypotheses.jsonl')}"
+                    f"propose.proposer={config.propose.proposer} proposed no parseable "
+                    f"hypothesis in {len(proposals)} rounds; its raw answers are in "
+                    f"{folder.path('hypotheses.jsonl')}"
                 )
             proposed = sum(len(p.hypotheses) for p in proposals)
-            say(f"{proposed} hypotheses proposed; waiting for image embeddings")
-            embedded = embedding.result()
-            embed_hypotheses = _text_embedder(config, timer, captions, clip)
-            # Near-duplicates merge on the vectors that rank them: each text is embedded once.
+            say(f"{proposed} hypotheses proposed; waiting for the ranker's rows")
+            # Near-duplicates merge on the ranker's text vectors: each text is embedded once.
             threshold = config.propose.merge_similarity
-            pool = HypothesisPool.build(proposals, embed_hypotheses, threshold=threshold)
+            pool = HypothesisPool.build(proposals, ranker.embed_texts, threshold=threshold)
             folder.write_jsonl("hypotheses.jsonl", pool.rows())  # `merged_into` marked
             say(
                 f"{len(pool.hypotheses)} distinct hypotheses (propose.merge_similarity={threshold})"
             )
+            rank = functools.partial(_rank, ranker=ranker, config=config, timer=timer, say=say)
+            ranking = rank(pool)
+            _check_decoded_sizes(plan, ranker.rows())
             startup = {
                 "ray": ray_start.seconds,
                 "clip_actors": clip.startup_seconds() if clip else None,
             }
-            _check_decoded_sizes(plan, embedded)
-            rank = functools.partial(_rank, embedded=embedded, config=config, timer=timer, say=say)
-            ranking = rank(pool)
-            if client is not None and config.propose.refine_rounds:
-                with timer("refine"):
-                    known = _known_captions(plan, captioned, config)
-                    pool, ranking = refine(
-                        client,
-                        pool,
-                        ranking,
-                        config=config,
-                        embed=embed_hypotheses,
-                        rank=rank,
-                        captions=MissCaptions(known, _captioner(config)),
-                        say=say,
-                    )
-                folder.write_jsonl("hypotheses.jsonl", pool.rows())
+            if config.propose.refine_rounds:
+                if ctx.client is None:
+                    say("propose.refine_rounds is not used without an LLM (llm.backend=none)")
+                else:
+                    with timer("refine"):
+                        known = _known_captions(plan, captioned, config)
+                        pool, ranking = refine(
+                            ctx.client,
+                            pool,
+                            ranking,
+                            config=config,
+                            embed=ranker.embed_texts,
+                            rank=rank,
+                            captions=MissCaptions(known, captioner_for(config)),
+                            say=say,
+                        )
+                    folder.write_jsonl("hypotheses.jsonl", pool.rows())
             ranked, scored, hypotheses = ranking.ranked, ranking.scored, pool.hypotheses
             with timer("evidence"):  # the chosen images' thumbnails
                 evidence = finish_evidence(ranking.evidence, hypotheses)
-            if config.evaluate.enabled:
+            if config.evaluate.evaluator != "none":
                 with timer("evaluate"):
-                    say("evaluating the top hypotheses with the LLM judge")
-                    more_true_of_a = [r for r in ranked if r["direction"] == "a"]
-                    metrics = _evaluate(client, more_true_of_a, config)
+                    say(f"evaluating the top hypotheses ({config.evaluate.evaluator})")
+                    metrics = evaluator.evaluate(ctx, [r for r in ranked if r["direction"] == "a"])
+            usage = merge_usage(usage_of(ctx.client), ranker.usage) if ctx.client else None
 
-    stats = run_stats(plan, embedded, captioned, pool.proposals, hypotheses)
+    stats = run_stats(plan, ranker.rows(), captioned, pool.proposals, hypotheses)
+    stats["selection"] = plan.selection  # manifest rows per set, ambiguous rows, purity swaps
     stats["holdout"] = scored.holdout  # images per set left out of the significance figures
+    stats["variants"] = {
+        "proposer": config.propose.proposer,
+        "ranker": config.rank.ranker,
+        "evaluator": config.evaluate.evaluator,
+    }
+    stats["llm_usage"] = usage  # calls, tokens, answers from the cache; null without an LLM
     stats["seconds"] = timer.as_dict()
     stats["startup_seconds"] = startup  # Ray start; CLIP actors: creation to model loaded
     stats["total_seconds"] = round(time.perf_counter() - started, 3)
@@ -270,30 +257,33 @@ def _describe(
     return RunResult(folder.display(), ranked, stats, metrics)
 
 
-def _text_embedder(
-    config: DescribeConfig,
-    timer: StageTimer,
-    captions: CaptionRanker | None,
-    clip: ClipActors | None,
-) -> EmbedFn:
-    """Hypotheses -> the run's text embeddings (rank.text_template applied): the sentence model
-    with rank.ranker=sentence, else CLIP's text tower on the run's actors."""
-    from visdiff.pipeline.graph import embed_texts
+def _needs_llm(config: DescribeConfig) -> bool:
+    """Whether the run talks to `llm` at all: its proposer or ranker asks it, refinement rounds
+    do, or the judge shares it. Otherwise no Serve app is started."""
+    if config.llm.backend == "none":
+        return False
+    chosen = {"propose.proposer": config.propose.proposer, "rank.ranker": config.rank.ranker}
+    if any(chosen[key] in names for key, names in NEEDS_LLM.items()):
+        return True
+    if config.propose.refine_rounds:
+        return True
+    return config.evaluate.evaluator == "llm_judge" and judge_shares_llm(config)
 
-    def embed(texts: list[str]) -> np.ndarray:
-        with timer("embed_texts"):
-            texts = [config.rank.text_template.format(t) for t in texts]
-            if captions:
-                return captions.embed_texts(texts)
-            return embed_texts(texts, config.clip, actors=clip)
 
-    return embed
+def _with_answer_cache(client: ChatClient | None, config: DescribeConfig) -> ChatClient | None:
+    """cache.llm_answers: the same (model, messages, sampling) is answered from cache.root."""
+    if client is None or not (config.cache.root and config.cache.llm_answers):
+        return client
+    from visdiff.cache.answers import AnswerCache
+    from visdiff.llm.caching import CachingChatClient
+
+    return CachingChatClient(client, AnswerCache(config.cache.root))
 
 
 def _rank(
     pool: HypothesisPool,
     *,
-    embedded: EmbeddedImages,
+    ranker: Ranker,
     config: DescribeConfig,
     timer: StageTimer,
     say: Callable[[str], None],
@@ -303,7 +293,8 @@ def _rank(
     from visdiff.pipeline.evidence import EvidenceAggregate
     from visdiff.pipeline.graph import aggregate_embeddings, score_aggregation
 
-    hypotheses, text_embeddings = pool.hypotheses, pool.embeddings
+    hypotheses = pool.hypotheses
+    embedded, text_embeddings = ranker.scoring(pool)
     with timer("rank"):  # statistics and evidence in one pass over the embeddings
         say(f"ranking {len(hypotheses)} hypotheses on {embedded.num_rows} images")
         shown = pool.shown_ids()
@@ -324,20 +315,13 @@ def _rank(
     return Ranking(ranked, folded[gathering.get_agg_name()], scored)
 
 
-def _captioner(config: DescribeConfig) -> CaptionFn:
-    """The run's captioner stage, for images sampled for a prompt."""
-    from visdiff.pipeline.graph import caption_images
-
-    return functools.partial(caption_images, cfg=config.captioner, cache_root=config.cache.root)
-
-
 def _known_captions(
     plan: InputPlan, captioned: CaptionedRounds, config: DescribeConfig
 ) -> dict[str, str]:
     """Captions at hand: the proposer's samples', and the input's own where the run uses them
     (caption.source manifest / auto, or the sentence ranker, which ranks by them)."""
     known = dict(captioned.captions)
-    if config.caption.source != "model" or config.rank.ranker == "sentence":
+    if config.caption.source != "model" or config.rank.ranker == "caption":
         for p in plan.sets:
             known.update({r.id: r.caption for r in p.records or [] if r.caption})
     return known
@@ -355,7 +339,7 @@ def embed(
     with ray_runtime(config.ray):
         _warm_up_ray()
         say(f"embedding into the cache at {config.cache.root}")
-        embedded = _embed_all(plan, config, timer)
+        embedded = embed_all(plan, config, timer)
     stats = {
         "images": embedded.rows_per_set,
         "cache": {
@@ -390,18 +374,3 @@ def _warm_up_ray() -> None:
     import ray.data  # noqa: F401
 
     ray.get(ray.put(0))
-
-
-def _evaluate(
-    client: ChatClient, ranked: list[dict[str, Any]], config: DescribeConfig
-) -> dict[str, Any] | None:
-    from visdiff.evaluate.evaluator import evaluate_run
-
-    return evaluate_run(
-        client,
-        [r["hypothesis"] for r in ranked],
-        eval_cfg=config.evaluate,
-        data_cfg=config.data,
-        llm_cfg=config.llm,
-        seed=config.seed,
-    )

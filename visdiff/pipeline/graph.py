@@ -6,15 +6,16 @@ Ray-free callables in `visdiff.stages`."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from visdiff import schema
-from visdiff.config import CaptionerConfig, ClipConfig, DataConfig, RankConfig
+from visdiff.config import CaptionerConfig, ClipConfig, DataConfig, DescribeConfig, RankConfig
 from visdiff.errors import ModelUnavailableError
 from visdiff.pipeline.actors import CALLER_NUM_CPUS, ClipActorCaller, ClipActors, clip_model_actors
 from visdiff.rank.partials import HypothesisStats, rank_order
@@ -119,6 +120,13 @@ def sample_pool(plan: SetPlan, data: DataConfig, *, seed: int, size: int) -> lis
 
 
 # ------------------------------------------------------------------------------ captions
+
+
+def captioner_for(
+    config: DescribeConfig,
+) -> Callable[[list[dict[str, Any]]], dict[str, tuple[str, str]]]:
+    """The run's captioner stage: image rows -> id -> (caption, error)."""
+    return functools.partial(caption_images, cfg=config.captioner, cache_root=config.cache.root)
 
 
 def caption_images(
@@ -243,10 +251,10 @@ def embed_images(
         ),
         "decode+embed",
     )
-    return _summarise(materialized)
+    return summarise(materialized)
 
 
-def _summarise(ds: Any) -> EmbeddedImages:
+def summarise(ds: Any) -> EmbeddedImages:
     """Counts per block, merged on the driver; only failed rows travel as rows."""
     from visdiff.rank.aggregate import block_counts, error_rows
 

@@ -1,4 +1,4 @@
-"""The offline ranking path (rank.ranker=sentence, preset models=offline): the input's own
+"""The offline ranking path (rank.ranker=caption, preset models=offline): the input's own
 captions stand in for the images, and a small sentence-embedding model stands in for CLIP.
 
 Every image of both sets (capped as for CLIP) is kept when it has a caption and its file
@@ -25,7 +25,7 @@ from visdiff.sources.plan import InputPlan
 from visdiff.sources.subset import cap_records
 from visdiff.stages.images import Batch, decode_all, load_bytes, strings
 
-NO_CAPTION = "no_caption: the input has no caption for this image (rank.ranker=sentence)"
+NO_CAPTION = "no_caption: the input has no caption for this image (rank.ranker=caption)"
 _ROW_COLUMNS = [schema.ID, schema.SET, schema.URI, schema.CAPTION, schema.ERROR]
 CHECK_CHUNK = 64  # images per decode check on the driver
 CHECK_THREADS = 4

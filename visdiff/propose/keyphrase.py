@@ -1,5 +1,5 @@
 """Keyphrase-contrast proposer: the hypotheses are the phrases of the captions that are
-over-represented in one set versus the other, for runs with no LLM (llm.backend=none).
+over-represented in one set versus the other, for runs with no LLM (propose.proposer=keyphrase).
 
 Phrases are 1-3 word runs of content words (function words, caption boilerplate such as "stock
 photo" and light verbs such as "doing" break a run), counted once per caption. They are scored
@@ -222,7 +222,7 @@ def propose_keyphrases(
     if not hypotheses:
         n_a, n_b = len(captions["a"]), len(captions["b"])
         raise InputError(
-            f"the keyphrase proposer (llm.backend=none) found no phrase more frequent in the "
+            f"the keyphrase proposer (propose.proposer=keyphrase) found no phrase more frequent in the "
             f"captions of one set than in the other's ({n_a} + {n_b} sampled captions; a phrase "
             "needs 2 or more): sample more images (propose.num_samples) or configure an LLM"
         )

@@ -8,7 +8,8 @@ are filled, nothing is evaluated or looked up as an attribute.
 
 The refinement prompt (`build_refine_messages`, propose.refine_rounds) is built in only: it shows
 the best ranked hypotheses with their AUROCs and captions of the A images each one misses, then
-the same phrasing rules as clip_friendly.
+the same phrasing rules as clip_friendly. So is the paired prompt (`build_paired_messages`,
+propose.proposer=paired): the two captions of each pair side by side.
 
 Captions come from users or models, so each is squeezed onto one line before it is placed in the
 prompt: a caption cannot add lines that would read as new instructions or as captions of the
@@ -154,6 +155,33 @@ images have in common instead. Do not repeat a concept listed above. """
     + _CLIP_RULES
 )
 REFINE = PromptTemplate(_REFINE, _SYSTEM, "built-in 'refine'")
+
+
+# Paired sets (propose.proposer=paired): both images of a pair were made from the same prompt by
+# two generative models, so the LLM reads each pair side by side and looks for what differs
+# consistently, then the same phrasing rules as clip_friendly. Built in only, like refine.
+_PAIRED_SYSTEM = (
+    "You compare the outputs of two image generators through captions of their images and name "
+    "the visual differences between them. You answer only with the requested list."
+)
+_PAIRED = (
+    """\
+The same prompt was given to two image generation models, model A and model B, once per pair \
+below. An image captioning model described both images of each pair: "A" is the image that \
+model A made, "B" the one model B made from the same prompt.
+
+{pairs}
+
+Group A is every image of model A; Group B is every image of model B. Within a pair the content \
+asked for is the same, so look for what differs between A and B again and again across the \
+pairs (style, composition, colour, detail, what is left out or added), not for what one prompt \
+asked for.
+
+Name {num_hypotheses} distinct concepts that are true more often of the A images than of their B \
+partners. """
+    + _CLIP_RULES
+)
+PAIRED = PromptTemplate(_PAIRED, _PAIRED_SYSTEM, "built-in 'paired'")
 
 
 @dataclass(frozen=True)
@@ -357,4 +385,40 @@ def build_refine_messages(
     return [
         {"role": "system", "content": REFINE.system or ""},
         {"role": "user", "content": REFINE.user.format_map(values)},
+    ]
+
+
+def build_paired_messages(
+    captions_a: list[str],
+    captions_b: list[str],
+    *,
+    max_hypotheses: int,
+    caption_prompt: str | None = None,
+    max_caption_chars: int | None = None,
+) -> list[dict[str, str]]:
+    """OpenAI chat messages showing pair i as `captions_a[i]` beside `captions_b[i]` and asking
+    for differences that favour A (captions cleaned and cut as in `llm_captions`)."""
+    if max_hypotheses < 1:
+        raise ConfigError(
+            f"config key 'propose.max_hypotheses_per_round' must be >= 1, got {max_hypotheses}"
+        )
+    if len(captions_a) != len(captions_b):
+        raise ValueError(
+            f"paired captions must align: {len(captions_a)} of A, {len(captions_b)} of B"
+        )
+    if not captions_a:
+        raise InputError(
+            "no captioned pair: the paired proposer needs at least one pair whose two images "
+            "were both captioned (check that the sets share pair keys and that captioning worked)"
+        )
+    clean_a, _ = llm_captions(captions_a, caption_prompt, max_caption_chars)
+    clean_b, _ = llm_captions(captions_b, caption_prompt, max_caption_chars)
+    pairs = "\n\n".join(
+        f"Pair {number}:\nA: {a}\nB: {b}"
+        for number, (a, b) in enumerate(zip(clean_a, clean_b, strict=True), start=1)
+    )
+    values = {"pairs": pairs, "num_hypotheses": str(max_hypotheses)}
+    return [
+        {"role": "system", "content": PAIRED.system or ""},
+        {"role": "user", "content": PAIRED.user.format_map(values)},
     ]

@@ -1,6 +1,7 @@
 """LLM proposer: per round, the captions of a seeded sample of each set go into one prompt; the
 rounds run concurrently against the chat endpoint; answers are parsed and de-duplicated.
-A refinement round (`propose_refinement`) shows the best ranked hypotheses instead.
+A refinement round (`propose_refinement`) shows the best ranked hypotheses instead; other
+proposers that ask per round (propose.paired) reuse `answer_rounds` with their own messages.
 
 Every proposal keeps its provenance (round, sampled image ids and their captions, the prompt
 sent, the hypotheses it refines) and says whether the answer was cut at the token limit
@@ -10,7 +11,7 @@ propose.max_caption_chars before they were sent (`captions_cut`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -110,24 +111,19 @@ def _ask(
     return answer.text, answer.finish_reason
 
 
-def propose_round(
+def answer_round(
     client: ChatClient,
     round_input: RoundInput,
-    template: PromptTemplate,
+    messages: list[dict[str, str]],
+    prompt_source: str,
     propose_cfg: ProposeConfig,
     llm_cfg: LLMConfig,
     seed: int,
     *,
     caption_prompt: str | None = None,
 ) -> Proposal:
-    messages = build_proposer_messages(
-        template,
-        round_input.captions_a,
-        round_input.captions_b,
-        max_hypotheses=propose_cfg.max_hypotheses_per_round,
-        caption_prompt=caption_prompt,
-        max_caption_chars=propose_cfg.max_caption_chars,
-    )
+    """Send one round's `messages` (built from `round_input`'s captions) and keep the parsed
+    answer with its provenance: the captions as the LLM saw them, the prompt, `prompt_source`."""
     shown_a, cut_a = llm_captions(
         round_input.captions_a, caption_prompt, propose_cfg.max_caption_chars
     )
@@ -146,11 +142,83 @@ def propose_round(
         round_input.ids_a,
         round_input.ids_b,
         truncated=truncated,
-        prompt_source=template.source,
+        prompt_source=prompt_source,
         prompt=messages[-1]["content"],
         captions_a=shown_a,
         captions_b=shown_b,
         captions_cut=cut_a + cut_b,
+    )
+
+
+def answer_rounds(
+    client: ChatClient,
+    rounds: list[RoundInput],
+    build_messages: Callable[[RoundInput], list[dict[str, str]]],
+    prompt_source: str,
+    propose_cfg: ProposeConfig,
+    llm_cfg: LLMConfig,
+    *,
+    seed: int,
+    caption_prompt: str | None = None,
+) -> list[Proposal]:
+    """`answer_round` for every round, concurrently; proposals in round order. Messages are
+    built first, so a bad round fails before any request is sent."""
+    messages = [build_messages(r) for r in rounds]
+    with ThreadPoolExecutor(max_workers=max(1, len(rounds))) as pool:
+        return list(
+            pool.map(
+                lambda r, m: answer_round(
+                    client,
+                    r,
+                    m,
+                    prompt_source,
+                    propose_cfg,
+                    llm_cfg,
+                    seed,
+                    caption_prompt=caption_prompt,
+                ),
+                rounds,
+                messages,
+            )
+        )
+
+
+def _template_messages(
+    template: PromptTemplate, propose_cfg: ProposeConfig, caption_prompt: str | None
+) -> Callable[[RoundInput], list[dict[str, str]]]:
+    def build(round_input: RoundInput) -> list[dict[str, str]]:
+        return build_proposer_messages(
+            template,
+            round_input.captions_a,
+            round_input.captions_b,
+            max_hypotheses=propose_cfg.max_hypotheses_per_round,
+            caption_prompt=caption_prompt,
+            max_caption_chars=propose_cfg.max_caption_chars,
+        )
+
+    return build
+
+
+def propose_round(
+    client: ChatClient,
+    round_input: RoundInput,
+    template: PromptTemplate,
+    propose_cfg: ProposeConfig,
+    llm_cfg: LLMConfig,
+    seed: int,
+    *,
+    caption_prompt: str | None = None,
+) -> Proposal:
+    messages = _template_messages(template, propose_cfg, caption_prompt)(round_input)
+    return answer_round(
+        client,
+        round_input,
+        messages,
+        template.source,
+        propose_cfg,
+        llm_cfg,
+        seed,
+        caption_prompt=caption_prompt,
     )
 
 
@@ -167,15 +235,16 @@ def propose(
 
     `caption_prompt`: the captioner's prompt, removed where a caption starts with it."""
     template = load_prompt(propose_cfg)
-    with ThreadPoolExecutor(max_workers=max(1, len(rounds))) as pool:
-        proposals = list(
-            pool.map(
-                lambda r: propose_round(
-                    client, r, template, propose_cfg, llm_cfg, seed, caption_prompt=caption_prompt
-                ),
-                rounds,
-            )
-        )
+    proposals = answer_rounds(
+        client,
+        rounds,
+        _template_messages(template, propose_cfg, caption_prompt),
+        template.source,
+        propose_cfg,
+        llm_cfg,
+        seed=seed,
+        caption_prompt=caption_prompt,
+    )
     merged = dedupe_hypotheses(h for p in proposals for h in p.hypotheses)
     return proposals, merged
 

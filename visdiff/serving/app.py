@@ -1,8 +1,11 @@
-"""Ray Serve application hosting the proposer LLM behind OpenAI's chat-completions API.
+"""Ray Serve application hosting the proposer LLM (or VLM) behind OpenAI's chat-completions API.
 
 Routes (below the app's route prefix): POST /v1/chat/completions, GET /v1/models, GET /healthz.
 Every error answers in OpenAI's `{"error": {...}}` shape with a meaningful status (400 invalid
 request, 404 unknown model or route, 500 engine failure), so any OpenAI client reports it well.
+Messages may carry images as OpenAI `image_url` parts with base64 `data:` URLs when the model is
+a VLM (`models.vlm.is_vlm`); a remote image URL, an oversized or undecodable image, or an image
+sent to a text-only model is a 400 whose message names the fix.
 
 Deploy from Python with `serve.run(build_app(LLMAppArgs(...)))` or from a Serve config whose
 `import_path` is `visdiff.serving.app:build_app` (see deployments/*.yaml).

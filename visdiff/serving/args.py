@@ -34,7 +34,7 @@ class LLMAppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: Literal["transformers", "vllm"] = "transformers"
-    model: str = TINY  # hub id, local folder, or "tiny" (random init, offline)
+    model: str = TINY  # hub id, local folder, "tiny" or "tiny-vlm" (random init, offline)
     served_model_name: str = "visdiff-llm"  # the `model` clients must send
     num_replicas: int | None = Field(None, ge=1)  # fixed size; default 1 without autoscaling
     autoscaling: AutoscalingArgs | None = None
@@ -42,6 +42,8 @@ class LLMAppArgs(BaseModel):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # vLLM serving a VLM: images it accepts in one request (the vlm proposer sends 2 grids).
+    max_images_per_prompt: int = Field(4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> LLMAppArgs:

@@ -125,10 +125,12 @@ def stop_llm_app(cfg: LLMConfig) -> None:
 
 
 def chat_client_for(cfg: LLMConfig, base_url: str) -> HTTPChatClient:
-    """Client for our Serve app: it answers to `served_model_name` and needs no key."""
+    """Client for our Serve app: it answers to `served_model_name` and needs no key. Its
+    identity (the answer cache's model key) is the engine and model behind that name."""
     return HTTPChatClient(
         base_url,
         cfg.served_model_name,
+        identity=f"{cfg.engine}:{cfg.model}",
         timeout_s=cfg.timeout_s,
         max_answer_bytes=cfg.max_answer_bytes,
     )

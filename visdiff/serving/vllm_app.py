@@ -1,13 +1,16 @@
 """vLLM engine through Ray Serve LLM (`ray.serve.llm`): the GPU path of the same OpenAI API.
 
 `ray.serve.llm` refuses to import without vLLM, so it is imported only inside `build_vllm_app`;
-`vllm_llm_config_dict` is the pure translation of our args into its `LLMConfig` fields.
+`vllm_llm_config_dict` is the pure translation of our args into its `LLMConfig` fields. A VLM is
+served from the same config: vLLM's OpenAI server takes `image_url` parts (data: URLs) itself;
+we only raise its per-request image limit, which older vLLM versions set to one image.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from visdiff.config import TINY, TINY_VLM
 from visdiff.errors import ConfigError, ModelUnavailableError
 from visdiff.serving.args import LLMAppArgs, scaling_options
 
@@ -32,16 +35,26 @@ def vllm_llm_config_dict(args: LLMAppArgs) -> dict[str, Any]:
         raise ConfigError(
             f"engine vllm shards a model over whole GPUs; num_gpus={args.num_gpus} is fractional"
         )
+    if args.model in (TINY, TINY_VLM):
+        raise ConfigError(
+            f"engine vllm loads real weights; llm.model={args.model} (a random model) runs only "
+            "on engine transformers: set llm.engine=transformers or a hub id / local folder"
+        )
     tensor_parallel = int(args.num_gpus)
+    engine_kwargs: dict[str, Any] = {
+        "dtype": _VLLM_DTYPES[args.precision],
+        "tensor_parallel_size": tensor_parallel,
+    }
+    from visdiff.models.vlm import is_vlm
+
+    if is_vlm(args.model):  # vLLM refuses this setting for a text-only model
+        engine_kwargs["limit_mm_per_prompt"] = {"image": args.max_images_per_prompt}
     return {
         "model_loading_config": {
             "model_id": args.served_model_name,
             "model_source": args.model,
         },
-        "engine_kwargs": {
-            "dtype": _VLLM_DTYPES[args.precision],
-            "tensor_parallel_size": tensor_parallel,
-        },
+        "engine_kwargs": engine_kwargs,
         "placement_group_config": {
             "bundle_per_worker": {"CPU": args.num_cpus / tensor_parallel, "GPU": 1},
         },

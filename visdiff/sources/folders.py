@@ -93,5 +93,7 @@ def scan_folder(folder: str, set_name: str, key: str) -> FolderListing:
         )
     skipped = [{"uri": path, "set": set_name, "reason": reason} for path, reason in sorted(odd)]
     return FolderListing(
-        [ImageRecord(f"{set_name}/{rel}", set_name, path) for rel, path in records], skipped
+        # pair: the path inside the set folder, so that A's x/1.jpg pairs with B's x/1.jpg
+        [ImageRecord(f"{set_name}/{rel}", set_name, path, pair=rel) for rel, path in records],
+        skipped,
     )

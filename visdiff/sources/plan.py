@@ -10,9 +10,10 @@ from typing import Any
 
 from visdiff import schema
 from visdiff.config import DataConfig
-from visdiff.errors import InputError
+from visdiff.errors import ConfigError, InputError
 from visdiff.sources.folders import folder_name, scan_folder
-from visdiff.sources.manifest import load_manifest
+from visdiff.sources.manifest import load_manifest, set_rules
+from visdiff.sources.purity import apply_purity
 from visdiff.sources.records import ImageRecord
 from visdiff.sources.shards.parquet import ParquetOptions, check_parquet_shard
 from visdiff.sources.shards.resolve import (
@@ -47,6 +48,9 @@ class InputPlan:
     a: SetPlan
     b: SetPlan
     skipped: list[dict[str, Any]] = field(default_factory=list)  # rejected while listing
+    # How the sets were drawn, for stats.json: manifest row selection (subset, per-set matches,
+    # `ambiguous` rows) and `purity` swap counts; empty for plain inputs.
+    selection: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sets(self) -> tuple[SetPlan, SetPlan]:
@@ -85,13 +89,15 @@ def _plan_set(
     return SetPlan(set_name, folder_name(folder), records=listing.records)
 
 
-def plan_inputs(data: DataConfig, *, caption_source: str = "model") -> InputPlan:
+def plan_inputs(data: DataConfig, *, caption_source: str = "model", seed: int = 0) -> InputPlan:
+    """Both sets' plans; `seed` (the run's seed) draws the images data.purity swaps."""
     if data.manifest:
         sets = load_manifest(data)
         plan = InputPlan(
             SetPlan(schema.SET_A, sets.name_a, records=sets.a),
             SetPlan(schema.SET_B, sets.name_b, records=sets.b),
             skipped=list(sets.skipped),
+            selection=dict(sets.selection),
         )
     else:
         skipped: list[dict[str, Any]] = []
@@ -100,6 +106,8 @@ def plan_inputs(data: DataConfig, *, caption_source: str = "model") -> InputPlan
             _plan_set(data.set_b, schema.SET_B, "data.set_b", data, skipped),
             skipped=skipped,
         )
+    if data.purity < 1:
+        _swap_for_purity(plan, data, seed)
     if caption_source == "manifest":
         for set_plan in plan.sets:
             if not set_plan.has_input_captions:
@@ -109,6 +117,20 @@ def plan_inputs(data: DataConfig, *, caption_source: str = "model") -> InputPlan
                     "use caption.source=model or auto"
                 )
     return plan
+
+
+def _swap_for_purity(plan: InputPlan, data: DataConfig, seed: int) -> None:
+    """Exchange a share 1 - data.purity of each listed set with the other (sources/purity.py)."""
+    for set_plan in plan.sets:
+        if set_plan.records is None:
+            raise ConfigError(
+                f"data.purity={data.purity} swaps listed images between the sets, but set "
+                f"{set_plan.set_name} ('{set_plan.display_name}') is read from shards; use a "
+                "manifest or folders for both sets, or data.purity=1"
+            )
+    a, b, stats = apply_purity(plan.a.records or [], plan.b.records or [], data.purity, seed)
+    plan.a.records, plan.b.records = a, b
+    plan.selection["purity"] = {**stats, "seed": seed}
 
 
 def require_enough_images(set_plan: SetPlan, usable: int, *, where: str, fix: str) -> None:
@@ -135,9 +157,13 @@ def _check_listed_size(
 ) -> None:
     is_a = set_plan.set_name == schema.SET_A
     if data.manifest:
-        group = data.group_a if is_a else data.group_b
-        source = f"data.group_{set_plan.set_name} '{group}' of data.manifest '{data.manifest}'"
-        fix = "list more images of that group in the manifest"
+        rule = set_rules(data)[0 if is_a else 1]
+        source = f"{rule.key} '{rule.text}' of data.manifest '{data.manifest}'"
+        fix = (
+            "widen the filter or list more matching rows"
+            if rule.filter
+            else "list more images of that group in the manifest"
+        )
     else:
         key = f"data.set_{set_plan.set_name}"
         source = f"{key} folder '{data.set_a if is_a else data.set_b}'"

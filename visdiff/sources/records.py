@@ -19,6 +19,7 @@ class ImageRecord:
     set: str  # "a" or "b"
     uri: str  # local path or s3:// URI
     caption: str = ""  # manifest caption, "" when absent
+    pair: str = ""  # key shared with the image it pairs with in the other set (schema.PAIR)
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -33,6 +34,9 @@ class ImageSets:
     name_a: str  # group name or folder name
     name_b: str
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"uri", "set", "reason"}
+    # How the rows were chosen (manifests): row counts of the subset, per-set matches and rows
+    # matching both sets (`ambiguous`, skipped); reported in stats.json.
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def records(self) -> list[ImageRecord]:
         return [*self.a, *self.b]

@@ -7,9 +7,11 @@ import posixpath
 from typing import Any
 
 from visdiff.io import storage
-from visdiff.schema import CAPTION, ERROR, ID, IMAGE_BYTES, SET, URI
+from visdiff.schema import CAPTION, ERROR, ID, IMAGE_BYTES, PAIR, SET, URI
 
-ROW_COLUMNS = (ID, SET, URI, CAPTION, IMAGE_BYTES, ERROR)
+# PAIR is always empty here; listed rows (ImageRecord.to_dict) carry it, and a run may union
+# listed and shard sets, so both have the same columns.
+ROW_COLUMNS = (ID, SET, URI, CAPTION, PAIR, IMAGE_BYTES, ERROR)
 SHARD_ERROR_KEY = "__shard_error__"  # key of the row that stands for a whole-shard failure
 
 
@@ -29,6 +31,7 @@ def image_row(
         SET: set_name,
         URI: uri,
         CAPTION: caption,
+        PAIR: "",
         IMAGE_BYTES: image,
         ERROR: error,
     }
