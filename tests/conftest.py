@@ -64,6 +64,12 @@ def examples_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def visdiffbench_dir() -> Path:
+    """VisDiffBench PairedImageSets ground truth (no images): easy, medium, hard."""
+    return _shared_path("data", "visdiffbench")
+
+
+@pytest.fixture(scope="session")
 def recorded_outputs(recorded_outputs_path) -> list[str]:
     """The 3 real GPT-4 proposer answers recorded for the shared example."""
     import json

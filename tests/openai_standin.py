@@ -247,6 +247,10 @@ def manifest_run_argv(examples_dir: Any, run_dir: Any, base_url: str, *overrides
     from pathlib import Path
 
     config = Path(__file__).resolve().parents[1] / "configs" / "examples_manifest.yaml"
+    llm = ["llm.backend=external", f"llm.base_url={base_url}"]
+    llm += [o for o in overrides if o.startswith("llm.")]
+    # The judge (evaluate.llm) is set to the same endpoint, explicitly, as a user would.
+    judge = [f"evaluate.{o}" for o in llm if o.split("=", 1)[0] in _JUDGE_MIRRORS]
     return [
         "describe",
         "--config",
@@ -254,7 +258,16 @@ def manifest_run_argv(examples_dir: Any, run_dir: Any, base_url: str, *overrides
         f"data.manifest={Path(examples_dir) / 'manifest.csv'}",
         f"output_dir={run_dir}",
         "caption.source=manifest",
-        "llm.backend=external",
-        f"llm.base_url={base_url}",
+        *llm[:2],
+        *judge,
         *overrides,
     ]
+
+
+_JUDGE_MIRRORS = {
+    "llm.backend",
+    "llm.base_url",
+    "llm.external_model",
+    "llm.api_key_env",
+    "llm.model",
+}

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import _shared_path
 from tests.openai_standin import serve_standin
 from visdiff.cli import main
 from visdiff.errors import InputError
@@ -22,8 +21,8 @@ from visdiff.suite.results import is_finished, llm_usage, results_html, summariz
 # -- loading ------------------------------------------------------------------------------------
 
 
-def test_loads_the_shared_visdiffbench_ground_truth_as_is():
-    folder = _shared_path("data", "visdiffbench")
+def test_loads_the_shared_visdiffbench_ground_truth_as_is(visdiffbench_dir):
+    folder = visdiffbench_dir
     pairs = load_suite(folder, require_images=False)
     assert len(pairs) == 150
     assert [p.difficulty for p in pairs] == ["easy"] * 50 + ["medium"] * 50 + ["hard"] * 50

@@ -182,7 +182,7 @@ def manifest_args(
         "llm.backend=external",
         f"llm.base_url={base_url}",
         "llm.external_model=gpt-4",
-        "evaluate.enabled=false",
+        "evaluate.evaluator=none",
         "propose.num_rounds=2",
         "propose.num_samples=10",
         "clip.batch_size=4",

@@ -297,14 +297,13 @@ def test_embedding_scores_by_hand():
     assert similarity_score(0.9, 0.6, cosine_b=0.9) == 0
 
 
-def test_embedding_threshold_on_minilm_and_visdiffbench_texts():
+def test_embedding_threshold_on_minilm_and_visdiffbench_texts(visdiffbench_dir):
     """The calibration behind evaluate.embedding_threshold=0.6, kept true on a few real pairs:
     a paraphrase of set A's description scores 2, set B's description scores 0."""
-    from tests.conftest import _shared_path
     from visdiff.config import SentenceConfig
     from visdiff.pipeline.evaluators import sentence_embedder
 
-    path = _shared_path("data", "visdiffbench", "pairedimagesets_easy.jsonl")
+    path = visdiffbench_dir / "pairedimagesets_easy.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()[:8]]
     embed = sentence_embedder(SentenceConfig())
     threshold = EvaluateConfig().embedding_threshold

@@ -120,7 +120,8 @@ def test_propose_keyphrases_is_one_proposal_over_every_sampled_image_once():
 
 def test_models_offline_is_captions_a_sentence_model_and_no_llm():
     config = load_config(None, ["models=offline", "data.set_a=/a", "data.set_b=/b"])
-    assert config.rank.ranker == "sentence"
+    assert config.rank.ranker == "caption"
+    assert config.propose.proposer == "keyphrase"
     assert config.llm.backend == "none"
     assert config.caption.source == "manifest"
     assert config.sentence.model == "sentence-transformers/all-MiniLM-L6-v2"
@@ -128,10 +129,16 @@ def test_models_offline_is_captions_a_sentence_model_and_no_llm():
         load_config(
             None, ["models=offline", "data.set_a=/a", "data.set_b=/b", "caption.source=model"]
         )
-    with pytest.raises(ConfigError, match="llm.backend=none"):
-        load_config(
-            None, ["models=offline", "data.set_a=/a", "data.set_b=/b", "evaluate.enabled=true"]
-        )
+    offline = ["models=offline", "data.set_a=/a", "data.set_b=/b"]
+    with pytest.raises(ConfigError, match="propose.proposer=llm needs an LLM but llm.backend=none"):
+        load_config(None, [*offline, "propose.proposer=llm"])
+    judged = [*offline, "evaluate.evaluator=llm_judge", "evaluate.ground_truth_a=yoga"]
+    with pytest.raises(ConfigError, match="evaluate.llm.backend=external needs"):
+        load_config(None, judged)  # no judge model offline unless one is named
+    embedding = load_config(
+        None, [*offline, "evaluate.evaluator=embedding", "evaluate.ground_truth_a=x"]
+    )
+    assert embedding.evaluate.evaluator == "embedding"
 
 
 # ------------------------------------------------------------------------ sentence model

@@ -161,7 +161,7 @@ def test_describe_merges_near_duplicates_and_refines(
                 "propose.merge_similarity=0.9",
                 "propose.refine_rounds=2",
                 "propose.refine_top_k=3",
-                "evaluate.enabled=false",
+                "evaluate.evaluator=none",
             )
         )
         requests = list(standin.requests)

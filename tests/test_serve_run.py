@@ -170,7 +170,7 @@ def test_describe_job_uses_the_running_app(serve_run, head, examples_dir, tmp_pa
                 "llm.backend=external",
                 f"llm.base_url={serve_run.base_url}",
                 f"llm.external_model={serve_run.served_name}",
-                "evaluate.enabled=false",
+                "evaluate.evaluator=none",
                 "propose.num_rounds=2",
                 "propose.num_samples=6",
             ]

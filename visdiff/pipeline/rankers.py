@@ -128,6 +128,13 @@ class CaptionEmbeddingRanker(Ranker):
         return self.rows(), pool.embeddings
 
 
+def judged_cap(config: DescribeConfig) -> int:
+    """Images per set the llm/vlm rankers ask about: the smaller of rank.max_judged_images and
+    data.max_num_samples (0 = no cap from that key)."""
+    caps = [c for c in (config.rank.max_judged_images, config.data.max_num_samples) if c > 0]
+    return min(caps, default=0)
+
+
 class _YesNoRanker(Ranker):
     """Asks the run's LLM endpoint about every (image, hypothesis) of the capped sets."""
 
@@ -141,16 +148,15 @@ class _YesNoRanker(Ranker):
 
     def start(self, background: ThreadPoolExecutor) -> str:
         self._candidates = background.submit(self._image_rows)
-        cap = self.ctx.config.rank.max_judged_images or self.ctx.config.data.max_num_samples
-        return f"reading up to {cap or 'every'} images per set to ask the LLM about"
+        cap = judged_cap(self.ctx.config)
+        return f"reading {f'up to {cap:,}' if cap else 'every'} image per set to ask the LLM about"
 
     def _image_rows(self) -> Any:
         """The capped image rows (a Ray Dataset); the llm ranker's rows carry a caption."""
         from visdiff.pipeline.graph import ranking_dataset
 
         cfg = self.ctx.config
-        cap = cfg.rank.max_judged_images or cfg.data.max_num_samples
-        data = dataclasses.replace(cfg.data, max_num_samples=cap)
+        data = dataclasses.replace(cfg.data, max_num_samples=judged_cap(cfg))
         a, _ = ranking_dataset(self.ctx.plan.a, data, seed=cfg.seed)
         b, _ = ranking_dataset(self.ctx.plan.b, data, seed=cfg.seed)
         return a.union(b)
