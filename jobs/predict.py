@@ -35,24 +35,27 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="table to write (.parquet or .csv); default: predictions.parquet in the input folder",
     )
-    p.add_argument(
-        "--clip",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "ARCH", "PRETRAINED"),
-        help="an open_clip zero-shot classifier, e.g. clip ViT-H-14 laion2b_s32b_b79k "
-        "(PRETRAINED none: random init)",
-    )
-    p.add_argument(
-        "--torchvision",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "MODEL", "WEIGHTS"),
-        help="a torchvision classifier, e.g. resnet resnet50 IMAGENET1K_V1 (WEIGHTS none: "
-        "random init)",
-    )
+    # One flag per classifier kind, each repeatable: NAME prefixes the model's columns.
+    for flag, metavar, example in (
+        (
+            "--clip",
+            ("NAME", "ARCH", "PRETRAINED"),
+            "an open_clip zero-shot classifier, e.g. clip ViT-H-14 laion2b_s32b_b79k",
+        ),
+        (
+            "--torchvision",
+            ("NAME", "MODEL", "WEIGHTS"),
+            "a torchvision classifier, e.g. resnet resnet50 IMAGENET1K_V1",
+        ),
+    ):
+        p.add_argument(
+            flag,
+            nargs=3,
+            action="append",
+            default=[],
+            metavar=metavar,
+            help=f"{example} ({metavar[2]} none: random init)",
+        )
     p.add_argument(
         "--classes",
         default=None,

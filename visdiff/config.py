@@ -573,6 +573,18 @@ CPUS = Bound(0, 1024)
 GPUS = Bound(0, 64, note="fractions share a GPU")
 BATCH = Bound(1, 65_536)
 
+LLM_SECTIONS = ("llm", "evaluate.llm")
+LLM_BOUNDS: dict[str, Bound] = {
+    "temperature": Bound(0, 2),
+    "max_tokens": Bound(1, 131_072),
+    "timeout_s": Bound(0, 86_400, open_low=True, note="seconds"),
+    "max_answer_bytes": Bound(1024, 1 << 30, note="bytes"),
+    "http_port": Bound(1, 65_535),
+    "num_replicas": Bound(1, 1000),
+    "num_cpus": CPUS,
+    "num_gpus": GPUS,
+}
+
 # Every numeric key and its range (a test checks that no numeric key is missing). Upper bounds
 # stop values that would exhaust the machine (a thread per round, a histogram per bin).
 BOUNDS: dict[str, Bound] = {
@@ -590,14 +602,8 @@ BOUNDS: dict[str, Bound] = {
     "captioner.num_actors": ACTORS,
     "captioner.num_cpus": CPUS,
     "captioner.num_gpus": GPUS,
-    "llm.temperature": Bound(0, 2),
-    "llm.max_tokens": Bound(1, 131_072),
-    "llm.timeout_s": Bound(0, 86_400, open_low=True, note="seconds"),
-    "llm.max_answer_bytes": Bound(1024, 1 << 30, note="bytes"),
-    "llm.http_port": Bound(1, 65_535),
-    "llm.num_replicas": Bound(1, 1000),
-    "llm.num_cpus": CPUS,
-    "llm.num_gpus": GPUS,
+    # llm.* and the judge's evaluate.llm.*: the same keys, the same ranges
+    **{f"{section}.{key}": bound for section in LLM_SECTIONS for key, bound in LLM_BOUNDS.items()},
     "propose.num_rounds": Bound(1, 1000),
     "propose.num_samples": Bound(1, 10_000),
     "propose.max_hypotheses_per_round": Bound(1, 1000),
@@ -612,14 +618,6 @@ BOUNDS: dict[str, Bound] = {
     "rank.ci_level": Bound(0.5, 0.9999),
     "evaluate.top_k": Bound(1, 1000),
     "evaluate.embedding_threshold": Bound(-1, 1, note="cosine similarity"),
-    "evaluate.llm.temperature": Bound(0, 2),
-    "evaluate.llm.max_tokens": Bound(1, 131_072),
-    "evaluate.llm.timeout_s": Bound(0, 86_400, open_low=True, note="seconds"),
-    "evaluate.llm.max_answer_bytes": Bound(1024, 1 << 30, note="bytes"),
-    "evaluate.llm.http_port": Bound(1, 65_535),
-    "evaluate.llm.num_replicas": Bound(1, 1000),
-    "evaluate.llm.num_cpus": CPUS,
-    "evaluate.llm.num_gpus": GPUS,
     "data.purity": Bound(0.5, 1, note="1 = no swap; 0.5 = sets fully mixed"),
     "propose.grid_images": Bound(1, 64),
     "propose.grid_cell_px": Bound(16, 1024),

@@ -14,6 +14,7 @@ from visdiff.llm.client import (
     ChatClient,
     ChatReply,
     ClientSettings,
+    ClosingClient,
     Messages,
     UsageCounter,
     merge_usage,
@@ -36,7 +37,7 @@ def _identity_of(client: object) -> str:
     return str(getattr(client, "identity", "") or getattr(client, "model", ""))
 
 
-class CachingChatClient:
+class CachingChatClient(ClosingClient):
     """`inner` behind an answer cache; `usage()` adds the answers served from it (`cached`)."""
 
     def __init__(self, inner: ChatClient, cache: AnswerStore, *, model_id: str = "") -> None:
@@ -63,12 +64,6 @@ class CachingChatClient:
         close = getattr(self.inner, "close", None)
         if callable(close):
             close()
-
-    def __enter__(self) -> CachingChatClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def reply(
         self, messages: Messages, *, temperature: float, max_tokens: int, seed: int | None = None

@@ -22,7 +22,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import httpx2
 import openai
@@ -147,7 +147,20 @@ def usage_of(client: object) -> dict[str, int]:
     return merge_usage(usage()) if callable(usage) else empty_usage()
 
 
-class HTTPChatClient:
+class ClosingClient:
+    """Base for a client that holds connections: `with client:` closes them on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HTTPChatClient(ClosingClient):
     """Client for an OpenAI-compatible `/v1` endpoint; `max_retries` retries after the first try."""
 
     def __init__(
@@ -263,12 +276,6 @@ class HTTPChatClient:
             if self._sdk is not None:
                 self._sdk.close()
                 self._sdk = None
-
-    def __enter__(self) -> HTTPChatClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def reply(
         self, messages: Messages, *, temperature: float, max_tokens: int, seed: int | None = None

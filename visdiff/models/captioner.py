@@ -44,6 +44,16 @@ _TINY_VISION = {
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
 }
+# The BERT-like text stacks: BLIP's text decoder and BLIP-2's Q-Former (both cross-attend to the
+# 32-wide vision tower).
+_TINY_BERT = {
+    "hidden_size": 32,
+    "encoder_hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 64,
+}
 
 # kind -> (model class, processor class); explicit so config strings never reach getattr.
 CAPTIONERS: dict[str, tuple[type, type]] = {
@@ -96,12 +106,7 @@ def _tiny_blip() -> tuple[torch.nn.Module, BlipProcessor]:
         vision_config=_TINY_VISION,
         text_config={
             "vocab_size": tokenizer.vocab_size,
-            "hidden_size": 32,
-            "encoder_hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 64,
+            **_TINY_BERT,
             # The plain BERT vocab has no [DEC] token: start decoding from [CLS], stop at [SEP].
             "bos_token_id": tokenizer.cls_token_id,
             "sep_token_id": tokenizer.sep_token_id,
@@ -123,15 +128,7 @@ def _tiny_blip2() -> tuple[torch.nn.Module, Blip2Processor]:
     )
     config = Blip2Config(
         vision_config=_TINY_VISION,
-        qformer_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "encoder_hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 64,
-        },
+        qformer_config={"vocab_size": len(tokenizer), **_TINY_BERT},
         text_config={
             "model_type": "opt",
             "vocab_size": len(tokenizer),

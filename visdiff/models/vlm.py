@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TINY_SEED = 0
 IMAGE_TOKEN = "<image>"
 # config.json model_type of common VLMs; any config with a vision_config counts as well.
 VLM_MODEL_TYPES = frozenset(
@@ -128,7 +127,6 @@ def is_vlm(model: str, *, default: bool = False) -> bool:
 def _tiny_vlm() -> tuple[Any, Any]:
     """A randomly initialised LLaVA (2-layer CLIP vision tower on 32 px images, 2-layer Qwen2)
     with the byte-level tokenizer plus an image token: offline, deterministic."""
-    import torch
     from transformers import (
         ByT5Tokenizer,
         CLIPImageProcessor,
@@ -136,8 +134,9 @@ def _tiny_vlm() -> tuple[Any, Any]:
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
-        Qwen2Config,
     )
+
+    from visdiff.models.llm import seeded_init, tiny_text_config
 
     tokenizer = ByT5Tokenizer()
     # Extended, not replaced: the byte tokenizer's own extra ids stay special (skipped on decode).
@@ -155,19 +154,7 @@ def _tiny_vlm() -> tuple[Any, Any]:
         patch_size=patch,
         projection_dim=32,
     )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_config(tokenizer)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -186,24 +173,17 @@ def _tiny_vlm() -> tuple[Any, Any]:
         image_token=IMAGE_TOKEN,
         chat_template=TINY_VLM_CHAT_TEMPLATE,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = LlavaForConditionalGeneration(config)
-    return model, processor
+    return seeded_init(lambda: LlavaForConditionalGeneration(config)), processor
 
 
 def _pretrained_vlm(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    try:
-        processor = AutoProcessor.from_pretrained(name)
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(
-            f"VLM '{name}' cannot be loaded ({first_line(exc, typed=True)}); give a local "
-            "folder with the weights, download it with `hf download` while online, or use "
-            f"llm.model={TINY_VLM}"
-        ) from None
+    from visdiff.models.llm import pretrained_pair
+
+    model, processor = pretrained_pair(
+        "VLM", name, AutoModelForImageTextToText, AutoProcessor, dtype, tiny=TINY_VLM
+    )
     if getattr(processor, "chat_template", None) is None:
         raise ModelUnavailableError(
             f"VLM '{name}' has no chat template in its processor, so its prompt format is "
@@ -214,16 +194,11 @@ def _pretrained_vlm(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
 
 def load_vlm(model: str, *, num_gpus: float = 0, precision: str = "fp32") -> VLMBundle:
     """Load a VLM in eval mode; `model="tiny-vlm"` builds a random one (tests, offline)."""
-    from visdiff.models.device import pick_device, torch_dtype
+    from visdiff.models.llm import load_in_eval
 
-    device = pick_device(num_gpus)
-    dtype = torch_dtype(precision, device)
-    if model == TINY_VLM:
-        net, processor = _tiny_vlm()
-        net = net.to(dtype=dtype)
-    else:
-        net, processor = _pretrained_vlm(model, dtype)
-    net = net.to(device).eval()
+    net, processor, device = load_in_eval(
+        model, num_gpus, precision, (TINY_VLM, _tiny_vlm), _pretrained_vlm
+    )
     return VLMBundle(model=net, processor=processor, device=device)
 
 
@@ -302,7 +277,7 @@ def vlm_reply(
     """One answer with token counts (for the Serve app's usage field)."""
     import torch
 
-    from visdiff.models.llm import _eos_ids, _sampling_processors
+    from visdiff.models.llm import _eos_ids, decode_new_tokens, decoding_settings, token_budget
 
     if max_tokens < 1:
         raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -317,49 +292,32 @@ def vlm_reply(
         raise InputError(f"the images do not fit the prompt: {first_line(exc)}") from None
     inputs = inputs.to(device=bundle.device, dtype=bundle.dtype)
     prompt_tokens = int(inputs["input_ids"].shape[1])
-    context = bundle.context_length
-    if context is not None and prompt_tokens >= context:
-        raise InputError(
-            f"prompt has {prompt_tokens} tokens (images included) but the model's context is "
-            f"{context}; send fewer images or shorter messages"
-        )
-    limit = max_tokens if context is None else min(max_tokens, context - prompt_tokens)
-    eos = _eos_ids(bundle)  # type: ignore[arg-type]  # reads .model and .tokenizer only
-    processors = (
-        None if temperature == 0 else _sampling_processors(temperature, top_p, seed, bundle.device)
+    limit = token_budget(
+        prompt_tokens,
+        bundle.context_length,
+        max_tokens,
+        counted=" (images included)",
+        fix="send fewer images or shorter messages",
     )
-    pad = bundle.tokenizer.pad_token_id
+    eos = _eos_ids(bundle)  # type: ignore[arg-type]  # reads .model and .tokenizer only
     image_token = bundle.image_token_id
     with torch.inference_mode():
         output = bundle.model.generate(
             **inputs,
             max_new_tokens=limit,
-            do_sample=False,  # the draw, if any, is the seeded processor's
-            logits_processor=processors,
-            eos_token_id=eos or None,
-            pad_token_id=pad if pad is not None else (eos[0] if eos else None),
-            repetition_penalty=1.0,
             suppress_tokens=[image_token] if image_token is not None else None,
+            **decoding_settings(bundle, eos, temperature, top_p, seed),
         )
-    new_tokens = output[0, prompt_tokens:].tolist()
-    stopped = bool(new_tokens) and new_tokens[-1] in eos
-    if stopped:
-        new_tokens.pop()
-    answer = bundle.tokenizer.decode(new_tokens, skip_special_tokens=True)
-    answer = str(answer).encode("utf-8", errors="replace").decode("utf-8", errors="replace")
-    finish = "length" if not stopped and len(new_tokens) >= limit else "stop"
-    return VLMAnswer(answer, finish, prompt_tokens, len(new_tokens))
+    answer, completion_tokens, stopped = decode_new_tokens(bundle, output, prompt_tokens, eos)
+    finish = "length" if not stopped and completion_tokens >= limit else "stop"
+    return VLMAnswer(answer, finish, prompt_tokens, completion_tokens)
 
 
 def generate_vlm_chat(
-    bundle: VLMBundle,
-    messages: list[dict[str, Any]],
-    *,
-    max_tokens: int,
-    temperature: float,
-    seed: int | None = None,
+    bundle: VLMBundle, messages: list[dict[str, Any]], **sampling: Any
 ) -> tuple[str, str]:
-    """(text, finish_reason) for OpenAI-format messages; greedy at temperature 0, else sampled
-    from `seed`. Text-only messages work too (a VLM can stand in for the LLM)."""
-    answer = vlm_reply(bundle, messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    """(text, finish_reason) for OpenAI-format messages; `sampling` is `vlm_reply`'s keywords
+    (greedy at temperature 0, else sampled from `seed`). Text-only messages work too (a VLM can
+    stand in for the LLM)."""
+    answer = vlm_reply(bundle, messages, **sampling)
     return answer.text, answer.finish_reason

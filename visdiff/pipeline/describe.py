@@ -15,19 +15,20 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from visdiff.config import NEEDS_LLM, DescribeConfig, LLMConfig, judge_shares_llm, to_yaml
+from visdiff.config import NEEDS_LLM, DescribeConfig, judge_shares_llm, to_yaml
 from visdiff.errors import LLMError
-from visdiff.llm.client import ChatClient, HTTPChatClient, merge_usage, usage_of
+from visdiff.llm.client import ChatClient, merge_usage, usage_of
 from visdiff.models.availability import check_models_available
 from visdiff.pipeline.actors import clip_model_actors
 from visdiff.pipeline.context import RunContext
 from visdiff.pipeline.graph import EmbeddedImages, captioner_for
+from visdiff.pipeline.llm_session import open_llm
 from visdiff.pipeline.proposers import PROPOSERS, Proposer
 from visdiff.pipeline.rankers import RANKERS, Ranker, embed_all
 from visdiff.pipeline.refine import MissCaptions, Ranking, refine
@@ -59,34 +60,6 @@ class RunResult:
     ranked: list[dict[str, Any]]
     stats: dict[str, Any]
     metrics: dict[str, Any] | None
-
-
-@contextmanager
-def open_llm(cfg: LLMConfig) -> Iterator[ChatClient | None]:
-    """The one seam to the LLM: our own Serve app, or any external OpenAI-compatible URL; None
-    for llm.backend=none."""
-    if cfg.backend == "none":
-        yield None
-        return
-    if cfg.backend == "external":
-        assert cfg.base_url is not None  # validated in config
-        yield HTTPChatClient.from_env(
-            cfg.base_url,
-            cfg.external_model or cfg.served_model_name,
-            cfg.api_key_env,
-            timeout_s=cfg.timeout_s,
-            max_answer_bytes=cfg.max_answer_bytes,
-        )
-        return
-    from visdiff.serving.launch import chat_client_for, start_llm_app, stop_llm_app
-
-    base_url = start_llm_app(cfg)
-    log.info("LLM serving at %s", base_url)
-    try:
-        yield chat_client_for(cfg, base_url)
-    finally:
-        if not cfg.keep_running:
-            stop_llm_app(cfg)
 
 
 def _prepare(config: DescribeConfig, timer: StageTimer, say: Callable[[str], None]) -> InputPlan:
@@ -205,7 +178,6 @@ def _describe(
             )
             rank = functools.partial(_rank, ranker=ranker, config=config, timer=timer, say=say)
             ranking = rank(pool)
-            _check_decoded_sizes(plan, ranker.rows())
             startup = {
                 "ray": ray_start.seconds,
                 "clip_actors": clip.startup_seconds() if clip else None,
@@ -295,6 +267,7 @@ def _rank(
 
     hypotheses = pool.hypotheses
     embedded, text_embeddings = ranker.scoring(pool)
+    _check_decoded_sizes(ranker.ctx.plan, embedded)  # decoding may leave a set too small
     with timer("rank"):  # statistics and evidence in one pass over the embeddings
         say(f"ranking {len(hypotheses)} hypotheses on {embedded.num_rows} images")
         shown = pool.shown_ids()

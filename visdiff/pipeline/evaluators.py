@@ -15,21 +15,21 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import Any, Protocol
 
 import numpy as np
 
-from visdiff.config import JudgeLLMConfig, SentenceConfig, judge_shares_llm
+from visdiff.config import SentenceConfig, judge_shares_llm
 from visdiff.evaluate.embedding import embedding_metrics
 from visdiff.evaluate.evaluator import (
     judge_hypotheses,
     require_ground_truth,
     served_model,
 )
-from visdiff.llm.client import ChatClient, HTTPChatClient, usage_of
+from visdiff.llm.client import usage_of
 from visdiff.pipeline.context import RunContext
+from visdiff.pipeline.llm_session import open_llm
 from visdiff.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -54,34 +54,6 @@ class NoEvaluator:
         return None
 
 
-@contextmanager
-def open_judge(cfg: JudgeLLMConfig) -> Iterator[ChatClient]:
-    """The judge's own client: its external URL, or its own Serve app (Ray must be up)."""
-    if cfg.backend == "external":
-        assert cfg.base_url is not None  # validated in config
-        client = HTTPChatClient.from_env(
-            cfg.base_url,
-            served_model(cfg),
-            cfg.api_key_env,
-            timeout_s=cfg.timeout_s,
-            max_answer_bytes=cfg.max_answer_bytes,
-        )
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    from visdiff.serving.launch import chat_client_for, start_llm_app, stop_llm_app
-
-    base_url = start_llm_app(cfg)
-    log.info("judge LLM serving at %s", base_url)
-    try:
-        yield chat_client_for(cfg, base_url)
-    finally:
-        if not cfg.keep_running:
-            stop_llm_app(cfg)
-
-
 @EVALUATORS.register("llm_judge")
 class LLMJudge:
     def evaluate(self, ctx: RunContext, ranked_a: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -89,17 +61,15 @@ class LLMJudge:
         truth = require_ground_truth(ev)
         hypotheses = _hypotheses(ranked_a)
         model = served_model(ev.llm)
-        if judge_shares_llm(config) and ctx.client is not None:
-            ctx.say(f"judging the top {ev.top_k} hypotheses with the proposer's LLM ({model})")
-            metrics = judge_hypotheses(
-                ctx.client, hypotheses, truth, top_k=ev.top_k, seed=config.seed, judge_model=model
-            )
-            return {**metrics, "judge_client": "shared with the proposer (llm.*)"}
-        ctx.say(f"judging the top {ev.top_k} hypotheses with {model} (evaluate.llm.*)")
-        with open_judge(ev.llm) as judge:
+        shared = judge_shares_llm(config) and ctx.client is not None
+        where = "the proposer's LLM" if shared else "evaluate.llm.*"
+        ctx.say(f"judging the top {ev.top_k} hypotheses with {model} ({where})")
+        with nullcontext(ctx.client) if shared else open_llm(ev.llm) as judge:
             metrics = judge_hypotheses(
                 judge, hypotheses, truth, top_k=ev.top_k, seed=config.seed, judge_model=model
             )
+            if shared:  # its calls are in the run's llm_usage
+                return {**metrics, "judge_client": "shared with the proposer (llm.*)"}
             usage = usage_of(judge)  # not in the run's client's count: reported here
         return {
             **metrics,

@@ -44,14 +44,13 @@ log = logging.getLogger(__name__)
 PROPOSERS: Registry[type[Proposer]] = Registry("propose.proposer")
 
 
-@PROPOSERS.register("llm")
-class LLMProposer(Proposer):
-    def propose(self, rounds: CaptionedRounds) -> list[Proposal]:
-        from visdiff.propose.proposer import propose
+class _CaptionsToLLM(Proposer):
+    """Rounds of captions to the run's LLM, through one of propose/'s round functions."""
 
+    def _ask(self, rounds: CaptionedRounds, propose_rounds: Any) -> list[Proposal]:
         ctx = self.ctx
         assert ctx.client is not None
-        proposals, _ = propose(
+        return propose_rounds(
             ctx.client,
             rounds.rounds,
             ctx.config.propose,
@@ -59,26 +58,24 @@ class LLMProposer(Proposer):
             seed=ctx.config.seed,
             caption_prompt=ctx.config.captioner.prompt or None,
         )
-        return proposals
+
+
+@PROPOSERS.register("llm")
+class LLMProposer(_CaptionsToLLM):
+    def propose(self, rounds: CaptionedRounds) -> list[Proposal]:
+        from visdiff.propose.proposer import propose
+
+        return self._ask(rounds, lambda *args, **kwargs: propose(*args, **kwargs)[0])
 
 
 @PROPOSERS.register("paired")
-class PairedProposer(Proposer):
+class PairedProposer(_CaptionsToLLM):
     paired = True
 
     def propose(self, rounds: CaptionedRounds) -> list[Proposal]:
         from visdiff.propose.paired import propose_paired
 
-        ctx = self.ctx
-        assert ctx.client is not None
-        return propose_paired(
-            ctx.client,
-            rounds.rounds,
-            ctx.config.propose,
-            ctx.config.llm,
-            seed=ctx.config.seed,
-            caption_prompt=ctx.config.captioner.prompt or None,
-        )
+        return self._ask(rounds, propose_paired)
 
 
 @PROPOSERS.register("keyphrase")

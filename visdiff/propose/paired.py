@@ -7,10 +7,12 @@ Cost: one LLM call per round; two captions per sampled pair."""
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from visdiff.config import LLMConfig, ProposeConfig
 from visdiff.llm.client import ChatClient
 from visdiff.propose.prompts import PAIRED, build_paired_messages
-from visdiff.propose.proposer import Proposal, RoundInput, answer_rounds
+from visdiff.propose.proposer import Proposal, RoundInput, RoundOptions, propose
 
 
 def propose_paired(
@@ -18,29 +20,17 @@ def propose_paired(
     rounds: list[RoundInput],
     propose_cfg: ProposeConfig,
     llm_cfg: LLMConfig,
-    *,
-    seed: int,
-    caption_prompt: str | None = None,
+    **options: Unpack[RoundOptions],
 ) -> list[Proposal]:
     """Every round's proposal, in round order, with the usual provenance (prompt_source names
-    the built-in paired prompt; propose.prompt and propose.prompt_file do not apply)."""
-
-    def build(round_input: RoundInput) -> list[dict[str, str]]:
-        return build_paired_messages(
-            round_input.captions_a,
-            round_input.captions_b,
-            max_hypotheses=propose_cfg.max_hypotheses_per_round,
-            caption_prompt=caption_prompt,
-            max_caption_chars=propose_cfg.max_caption_chars,
-        )
-
-    return answer_rounds(
+    the built-in paired prompt; propose.prompt and propose.prompt_file do not apply).
+    `options`: `propose`'s seed and caption_prompt."""
+    proposals, _ = propose(
         client,
         rounds,
-        build,
-        PAIRED.source,
         propose_cfg,
         llm_cfg,
-        seed=seed,
-        caption_prompt=caption_prompt,
+        prompt=(build_paired_messages, PAIRED.source),
+        **options,
     )
+    return proposals

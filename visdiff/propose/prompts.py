@@ -327,6 +327,13 @@ def _numbered(captions: list[str]) -> str:
     return "\n".join(f"{number}. {caption}" for number, caption in enumerate(captions, start=1))
 
 
+def _check_max_hypotheses(max_hypotheses: int) -> None:
+    if max_hypotheses < 1:
+        raise ConfigError(
+            f"config key 'propose.max_hypotheses_per_round' must be >= 1, got {max_hypotheses}"
+        )
+
+
 def build_proposer_messages(
     template: PromptTemplate,
     captions_a: list[str],
@@ -340,10 +347,7 @@ def build_proposer_messages(
 
     `caption_prompt`: the captioner's prompt, removed where a caption starts with it.
     `max_caption_chars`: longer captions are cut (see `llm_captions`)."""
-    if max_hypotheses < 1:
-        raise ConfigError(
-            f"config key 'propose.max_hypotheses_per_round' must be >= 1, got {max_hypotheses}"
-        )
+    _check_max_hypotheses(max_hypotheses)
     for label, captions in (("A", captions_a), ("B", captions_b)):
         if not captions:
             raise InputError(
@@ -398,10 +402,7 @@ def build_paired_messages(
 ) -> list[dict[str, str]]:
     """OpenAI chat messages showing pair i as `captions_a[i]` beside `captions_b[i]` and asking
     for differences that favour A (captions cleaned and cut as in `llm_captions`)."""
-    if max_hypotheses < 1:
-        raise ConfigError(
-            f"config key 'propose.max_hypotheses_per_round' must be >= 1, got {max_hypotheses}"
-        )
+    _check_max_hypotheses(max_hypotheses)
     if len(captions_a) != len(captions_b):
         raise ValueError(
             f"paired captions must align: {len(captions_a)} of A, {len(captions_b)} of B"

@@ -1,7 +1,7 @@
 """LLM proposer: per round, the captions of a seeded sample of each set go into one prompt; the
 rounds run concurrently against the chat endpoint; answers are parsed and de-duplicated.
 A refinement round (`propose_refinement`) shows the best ranked hypotheses instead; other
-proposers that ask per round (propose.paired) reuse `answer_rounds` with their own messages.
+proposers that ask per round (propose.paired) reuse `propose` with their own `prompt`.
 
 Every proposal keeps its provenance (round, sampled image ids and their captions, the prompt
 sent, the hypotheses it refines) and says whether the answer was cut at the token limit
@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, NotRequired, TypedDict
 
 from visdiff.config import LLMConfig, ProposeConfig
 from visdiff.llm.client import ChatClient
@@ -37,6 +38,16 @@ from visdiff.propose.prompts import (
 log = logging.getLogger(__name__)
 
 CUT_AT_LIMIT = "length"  # OpenAI's finish_reason for an answer stopped by max_tokens
+# Chat messages from one round's captions: (captions_a, captions_b, *, max_hypotheses,
+# caption_prompt, max_caption_chars), as `build_proposer_messages` with its template bound.
+CaptionsPrompt = Callable[..., list[dict[str, str]]]
+
+
+class RoundOptions(TypedDict):
+    """The keywords of `propose` that every per-round proposer takes."""
+
+    seed: int
+    caption_prompt: NotRequired[str | None]
 
 
 @dataclass(frozen=True)
@@ -183,12 +194,11 @@ def answer_rounds(
         )
 
 
-def _template_messages(
-    template: PromptTemplate, propose_cfg: ProposeConfig, caption_prompt: str | None
+def _round_messages(
+    build: CaptionsPrompt, propose_cfg: ProposeConfig, caption_prompt: str | None
 ) -> Callable[[RoundInput], list[dict[str, str]]]:
-    def build(round_input: RoundInput) -> list[dict[str, str]]:
-        return build_proposer_messages(
-            template,
+    def messages(round_input: RoundInput) -> list[dict[str, str]]:
+        return build(
             round_input.captions_a,
             round_input.captions_b,
             max_hypotheses=propose_cfg.max_hypotheses_per_round,
@@ -196,7 +206,13 @@ def _template_messages(
             max_caption_chars=propose_cfg.max_caption_chars,
         )
 
-    return build
+    return messages
+
+
+def _template_messages(
+    template: PromptTemplate, propose_cfg: ProposeConfig, caption_prompt: str | None
+) -> Callable[[RoundInput], list[dict[str, str]]]:
+    return _round_messages(partial(build_proposer_messages, template), propose_cfg, caption_prompt)
 
 
 def propose_round(
@@ -230,16 +246,22 @@ def propose(
     *,
     seed: int,
     caption_prompt: str | None = None,
+    prompt: tuple[CaptionsPrompt, str] | None = None,
 ) -> tuple[list[Proposal], list[str]]:
     """Returns every round's proposal (in round order) and the merged, de-duplicated list.
 
-    `caption_prompt`: the captioner's prompt, removed where a caption starts with it."""
-    template = load_prompt(propose_cfg)
+    `caption_prompt`: the captioner's prompt, removed where a caption starts with it.
+    `prompt`: (messages builder, its prompt_source) for a proposer with its own built-in prompt;
+    None: propose.prompt / propose.prompt_file's template."""
+    if prompt is None:
+        template = load_prompt(propose_cfg)
+        prompt = (partial(build_proposer_messages, template), template.source)
+    build, source = prompt
     proposals = answer_rounds(
         client,
         rounds,
-        _template_messages(template, propose_cfg, caption_prompt),
-        template.source,
+        _round_messages(build, propose_cfg, caption_prompt),
+        source,
         propose_cfg,
         llm_cfg,
         seed=seed,

@@ -147,7 +147,31 @@ def _with_predictions(
     return out
 
 
-class ZeroShotClassifier:
+class _BatchClassifier:
+    """What both classifiers share: decoding, batching and the `<name>_pred` column; a subclass
+    gives `_best_indices`, the class index of each image in one batch."""
+
+    def __init__(self, spec: ClassifierSpec, class_names: Sequence[str], batch_size: int) -> None:
+        self.spec = spec
+        self.classes = list(class_names)
+        self.batch_size = batch_size
+
+    def _best_indices(self, images: list[Any]) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def __call__(self, batch: Batch) -> Batch:
+        images, errors = _decoded(batch)
+        predictions = [""] * len(images)
+        good = [i for i, image in enumerate(images) if image is not None]
+        for start in range(0, len(good), self.batch_size):
+            rows = good[start : start + self.batch_size]
+            best = self._best_indices([images[i] for i in rows])
+            for i, index in zip(rows, best, strict=True):
+                predictions[i] = self.classes[int(index)]
+        return _with_predictions(batch, self.spec, predictions, errors)
+
+
+class ZeroShotClassifier(_BatchClassifier):
     """An open_clip model choosing among `class_names` by the cosine of the image to each
     prompt `template.format(name)`; adds `<name>_pred` (the class name, "" for failed rows)."""
 
@@ -162,9 +186,7 @@ class ZeroShotClassifier:
     ) -> None:
         from visdiff.models.clip import clip_text_embeddings, load_clip
 
-        self.spec = spec
-        self.classes = list(class_names)
-        self.batch_size = batch_size
+        super().__init__(spec, class_names, batch_size)
         cfg = ClipConfig(arch=spec.arch, pretrained=spec.pretrained, num_gpus=num_gpus)
         try:
             self.bundle = load_clip(cfg)
@@ -177,21 +199,14 @@ class ZeroShotClassifier:
         prompts = [template.format(name) for name in self.classes]
         self.text = clip_text_embeddings(self.bundle, prompts)  # (C, D), unit norm
 
-    def __call__(self, batch: Batch) -> Batch:
+    def _best_indices(self, images: list[Any]) -> Iterable[Any]:
         import torch
 
         from visdiff.models.clip import clip_image_embeddings
 
-        images, errors = _decoded(batch)
-        predictions = [""] * len(images)
-        good = [i for i, image in enumerate(images) if image is not None]
-        for start in range(0, len(good), self.batch_size):
-            rows = good[start : start + self.batch_size]
-            pixels = torch.stack([self.bundle.preprocess(images[i]) for i in rows])
-            scores = clip_image_embeddings(self.bundle, pixels) @ self.text.T
-            for i, best in zip(rows, np.argmax(scores, axis=1), strict=True):
-                predictions[i] = self.classes[int(best)]
-        return _with_predictions(batch, self.spec, predictions, errors)
+        pixels = torch.stack([self.bundle.preprocess(image) for image in images])
+        scores = clip_image_embeddings(self.bundle, pixels) @ self.text.T
+        return np.argmax(scores, axis=1)
 
 
 def _weights(arch: str, tag: str) -> Any:
@@ -239,7 +254,7 @@ def weights_categories(spec: ClassifierSpec) -> list[str] | None:
     return [str(c) for c in categories] if categories else None
 
 
-class TorchvisionClassifier:
+class TorchvisionClassifier(_BatchClassifier):
     """A torchvision classifier; adds `<name>_pred` (the class name, "" for failed rows).
 
     Pretrained weights come from torchvision's cache or its download; their output index i is
@@ -260,9 +275,7 @@ class TorchvisionClassifier:
 
         from visdiff.models.device import pick_device
 
-        self.spec = spec
-        self.classes = list(class_names)
-        self.batch_size = batch_size
+        super().__init__(spec, class_names, batch_size)
         self.device = pick_device(num_gpus)
         if spec.pretrained is None:
             with torch.random.fork_rng(devices=[]):
@@ -297,20 +310,12 @@ class TorchvisionClassifier:
             self.transform = weights.transforms()
         self.model = model.eval().to(self.device)
 
-    def __call__(self, batch: Batch) -> Batch:
+    def _best_indices(self, images: list[Any]) -> Iterable[Any]:
         import torch
 
-        images, errors = _decoded(batch)
-        predictions = [""] * len(images)
-        good = [i for i, image in enumerate(images) if image is not None]
-        for start in range(0, len(good), self.batch_size):
-            rows = good[start : start + self.batch_size]
-            pixels = torch.stack([self.transform(images[i]) for i in rows]).to(self.device)
-            with torch.inference_mode():
-                best = self.model(pixels).argmax(dim=1).cpu().numpy()
-            for i, index in zip(rows, best, strict=True):
-                predictions[i] = self.classes[int(index)]
-        return _with_predictions(batch, self.spec, predictions, errors)
+        pixels = torch.stack([self.transform(image) for image in images]).to(self.device)
+        with torch.inference_mode():
+            return self.model(pixels).argmax(dim=1).cpu().numpy()
 
 
 def classifier_stage(spec: ClassifierSpec) -> type:
