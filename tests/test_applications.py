@@ -300,3 +300,10 @@ def test_study_runs_end_to_end_on_its_stand_in(ray_session, stand_ins, study, tm
     }
     expected_a = in_a[study](_table(stand_in))
     assert ranked[0]["n_a"] == int(np.sum(expected_a))
+    if study == "sd_v1_v2":  # the paired proposer: pair i of A beside pair i of B
+        (proposal,) = [json.loads(x) for x in (run_dir / "hypotheses.jsonl").open()][:1]
+        assert "paired" in proposal["prompt_source"] and "Pair 1:" in proposal["prompt"]
+        assert len(proposal["ids_a"]) == len(proposal["ids_b"]) == 4
+        pair_of = dict(zip(_table(stand_in)["path"], _table(stand_in)["prompt"], strict=True))
+        for id_a, id_b in zip(proposal["ids_a"], proposal["ids_b"], strict=True):
+            assert pair_of[id_a.split("/", 1)[1]] == pair_of[id_b.split("/", 1)[1]]
