@@ -312,6 +312,124 @@ def test_start_reuses_a_running_app(served) -> None:
     assert serve.status().applications[cfg.app_name].last_deployed_time_s == deployed_at
 
 
+# --- issue #11: a key beyond loopback, and no foreign server taken for ours --------------------
+
+KEY_ENV = "VISDIFF_TEST_SERVE_KEY"
+KEY = "test-serve-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed(ray_session, serve_http_port):
+    """The app as the launcher deploys it beyond loopback: it holds the key's digest only."""
+    from visdiff.serving.launch import start_llm_app, stop_llm_app
+
+    cfg = LLMConfig(
+        model="tiny",
+        served_model_name=SERVED,
+        http_port=serve_http_port,
+        route_prefix="/visdiff-llm-keyed",
+        app_name="visdiff-llm-keyed",
+        serve_api_key_env=KEY_ENV,
+        num_cpus=0.5,
+        timeout_s=60,
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(KEY_ENV, KEY)
+        base_url = start_llm_app(cfg)
+        try:
+            yield cfg, base_url
+        finally:
+            stop_llm_app(cfg)
+
+
+def test_keyed_app_refuses_requests_without_the_key(keyed) -> None:
+    _, base_url = keyed
+    body = {"model": SERVED, "messages": MESSAGES, "max_tokens": 4}
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": KEY}):
+        for raw in (
+            httpx.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=10),
+            httpx.get(f"{base_url}/models", headers=headers, timeout=10),
+            httpx.get(base_url.removesuffix("/v1") + "/visdiff/identity", headers=headers),
+        ):
+            assert raw.status_code == 401, raw.text
+            error = ErrorResponse.model_validate(raw.json()).error
+            assert error.code == "invalid_api_key" and KEY not in raw.text
+    health = httpx.get(base_url.removesuffix("/v1") + "/healthz", timeout=10)
+    assert health.status_code == 200  # probes carry no key
+    with pytest.raises(LLMError, match="HTTP 401"):
+        HTTPChatClient(base_url, SERVED, max_retries=0).reply(MESSAGES, temperature=0, max_tokens=4)
+
+
+def test_keyed_app_answers_our_client_and_names_itself(keyed, monkeypatch) -> None:
+    from visdiff.serving.args import app_identity
+    from visdiff.serving.launch import app_args_from_config, chat_client_for, start_llm_app
+
+    cfg, base_url = keyed
+    monkeypatch.setenv(KEY_ENV, KEY)
+    client = chat_client_for(cfg, base_url)
+    assert client.has_api_key
+    assert isinstance(client.reply(MESSAGES, temperature=0, max_tokens=4).text, str)
+    raw = httpx.get(
+        base_url.removesuffix("/v1") + "/visdiff/identity",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+    assert raw.status_code == 200
+    assert raw.json() == {
+        **app_identity(app_args_from_config(cfg), cfg.app_name),
+        "requires_key": True,
+    }
+    assert start_llm_app(cfg) == base_url  # reused: it says it is ours and takes our key
+
+
+def test_launcher_refuses_a_foreign_server_on_its_port(served) -> None:
+    """Something else answering /v1/models with our model's name is not our app: no deploy, no
+    reuse, and not one prompt sent to it."""
+    import dataclasses
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from visdiff.serving.launch import start_llm_app
+
+    seen: list[str] = []
+
+    class Impostor(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(f"GET {self.path}")
+            found = self.path.endswith("/v1/models")
+            body = {"object": "list", "data": [{"id": SERVED, "root": "tiny"}]}
+            data = json.dumps(body if found else {"detail": "Not Found"}).encode()
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            seen.append(f"POST {self.path}")
+            self.send_error(500)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        cfg, _ = served
+        foreign = dataclasses.replace(cfg, http_port=port)
+        with pytest.raises(LLMError) as info:
+            start_llm_app(foreign)
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(info.value)
+    assert f"port {port} on 127.0.0.1" in message and "llm.http_port" in message
+    assert "\n" not in message
+    assert seen and not [s for s in seen if s.startswith("POST")]
+
+
 def test_stop_removes_the_app(served) -> None:
     """Runs last in this module: the fixture's own stop is then a no-op."""
     from ray import serve

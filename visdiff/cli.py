@@ -157,8 +157,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted: a caller (a notebook, a test)
+    may swap it between runs, and a handler holding the old one would write to a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("[visdiff %(asctime)s] %(message)s", "%H:%M:%S"))
     root = logging.getLogger("visdiff")
     if not root.handlers:

@@ -158,6 +158,9 @@ class LLMConfig:
     http_port: int = setting(8000, "port of Serve's HTTP proxy (backend=serve)")
     route_prefix: str = setting("/visdiff-llm", "URL prefix of the Serve app")
     app_name: str = setting("visdiff-llm", "name of the Serve application")
+    serve_api_key_env: str = setting(
+        "", "env var with the key our Serve app requires (needed beyond loopback)"
+    )
     num_replicas: int = setting(1, "replicas of the LLM deployment")
     num_cpus: float = setting(1.0, "CPUs per LLM replica")
     num_gpus: float = setting(0.0, "GPUs per LLM replica")
@@ -720,6 +723,43 @@ def _check_variants(config: DescribeConfig) -> None:
         )
 
 
+def is_loopback_host(host: str) -> bool:
+    """Only this machine can reach it (a host name counts as reachable: it may resolve to any
+    address)."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_serve_exposure(config: DescribeConfig) -> None:
+    """Our Serve apps share one HTTP proxy: once any listens beyond loopback, every app served
+    for this run must check a key (issue #11), and vLLM's app cannot."""
+    served: dict[str, LLMConfig] = {}
+    if config.llm.backend == "serve":
+        served["llm"] = config.llm
+    if config.evaluate.evaluator == "llm_judge" and config.evaluate.llm.backend == "serve":
+        served["evaluate.llm"] = config.evaluate.llm
+    exposed = [f"{k}.http_host" for k, c in served.items() if not is_loopback_host(c.http_host)]
+    if not exposed:
+        return
+    where = f"{exposed[0]}={_get(config, exposed[0])}"
+    for key, cfg in served.items():
+        if cfg.engine == "vllm":
+            raise ConfigError(
+                f"{where} serves beyond loopback, and {key}.engine=vllm cannot check an API key: "
+                f"set {exposed[0]}=127.0.0.1, or {key}.engine=transformers"
+            )
+        if not cfg.serve_api_key_env:
+            raise ConfigError(
+                f"{where} serves the LLM beyond loopback: set {key}.serve_api_key_env to the name "
+                "of an env var holding a key (export VISDIFF_SERVE_KEY=$(openssl rand -hex 32); "
+                f"{key}.serve_api_key_env=VISDIFF_SERVE_KEY), or {exposed[0]}=127.0.0.1"
+            )
+
+
 def validate(config: DescribeConfig) -> None:
     """Ranges and cross-field checks that types alone cannot express; raises ConfigError naming
     the key and what it allows, before any model or Ray starts."""
@@ -762,6 +802,7 @@ def validate(config: DescribeConfig) -> None:
     _check_variants(config)
     if config.llm.backend == "external" and not config.llm.base_url:
         raise ConfigError("llm.backend=external needs llm.base_url (an OpenAI-compatible /v1 URL)")
+    _check_serve_exposure(config)
     for key in ("llm.route_prefix", "evaluate.llm.route_prefix"):
         if not str(_get(config, key)).startswith("/"):
             raise ConfigError(f"config key '{key}' = {_get(config, key)!r} must start with '/'")

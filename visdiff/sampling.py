@@ -35,6 +35,12 @@ def sample_for_round(ids: Sequence[str], *, k: int, seed: int, round_index: int)
     return [item_id for _, item_id in heapq.nsmallest(k, keyed)]
 
 
+def stable_key(id: str, seed: int) -> int:
+    """A 64-bit number fixed by (id, seed): a capped set keeps the ids with the smallest keys,
+    whatever kind of input lists or streams them (sources/subset.py)."""
+    return _hash64(_FRACTION_PERSON, str(int(seed)), id)
+
+
 def stable_fraction(id: str, seed: int) -> float:
-    """A number in [0, 1) fixed by (id, seed): keep an id when it is below a cap fraction."""
-    return _hash64(_FRACTION_PERSON, str(int(seed)), id) / _SCALE
+    """`stable_key` scaled into [0, 1): keep an id when it is below a cap fraction."""
+    return stable_key(id, seed) / _SCALE

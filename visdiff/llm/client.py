@@ -36,8 +36,10 @@ _MAX_ERROR_CHARS = 500
 _NO_KEY = "no-key"
 DEFAULT_MAX_ANSWER_BYTES = 1 << 20
 _FIXES = {
-    401: "check the key in the env var named by llm.api_key_env",
-    403: "check the key in the env var named by llm.api_key_env",
+    401: "check the key in the env var named by llm.api_key_env (llm.serve_api_key_env for "
+    "our Serve app)",
+    403: "check the key in the env var named by llm.api_key_env (llm.serve_api_key_env for "
+    "our Serve app)",
     404: "check llm.base_url and the model name the server answers to",
     429: "the server is rate limiting: lower the load or raise the quota",
 }

@@ -139,12 +139,14 @@ def _describe(
     proposer = PROPOSERS.get(config.propose.proposer)(ctx)
     evaluator = EVALUATORS.get(config.evaluate.evaluator)()
     metrics = None
+    # On a failure, the CLIP actors (inner) stop before the background pool (outer) is waited
+    # for: an embedding still running fails at once instead of finishing every image first.
     with (
         ray_runtime(config.ray) as ray_start,
+        ThreadPoolExecutor(max_workers=2) as background,
         clip_model_actors(config.clip, config.cache.root)  # images, then texts
         if ranker_class.uses_clip
         else nullcontext() as clip,
-        ThreadPoolExecutor(max_workers=2) as background,
     ):
         _warm_up_ray()
         ctx.clip = clip

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,14 @@ from visdiff.pipeline.actors import CALLER_NUM_CPUS, ClipActorCaller, ClipActors
 from visdiff.rank.partials import HypothesisStats, rank_order
 from visdiff.sources.plan import SetPlan
 from visdiff.sources.records import ImageRecord
-from visdiff.sources.subset import cap_records, seeded_shard_order
+from visdiff.sources.subset import (
+    KeyBound,
+    cap_records,
+    keep_ids,
+    prune_chunk,
+    selection_key,
+    smallest_ids,
+)
 from visdiff.stages.caption import Captioner
 from visdiff.stages.embed import ClipPreprocessor
 from visdiff.stages.images import load_bytes
@@ -77,46 +84,140 @@ def records_dataset(records: list[ImageRecord], *, num_blocks: int = 0) -> Any:
     )
 
 
-def shards_dataset(shards: list[str], set_name: str, data: DataConfig) -> Any:
+def _read_kwargs(set_name: str, data: DataConfig, rows_per_chunk: int | None) -> dict[str, Any]:
+    return {
+        "set_name": set_name,
+        "rows_per_chunk": rows_per_chunk or ROWS_PER_CHUNK,
+        "image_column": data.image_column,
+        "caption_column": data.caption_column,
+    }
+
+
+def _shard_uris(shards: list[str]) -> Any:
     import ray.data
 
+    return ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+
+
+def shards_dataset(
+    shards: list[str], set_name: str, data: DataConfig, *, rows_per_chunk: int | None = None
+) -> Any:
+    """Every row of the shards, streamed (one task per shard, a block per `rows_per_chunk`)."""
     from visdiff.sources.shards.read import shard_row_chunks
 
-    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
-    return ds.map_batches(
+    return _shard_uris(shards).map_batches(
         shard_row_chunks,
-        fn_kwargs={
-            "set_name": set_name,
-            "rows_per_chunk": ROWS_PER_CHUNK,
-            "image_column": data.image_column,
-            "caption_column": data.caption_column,
-        },
+        fn_kwargs=_read_kwargs(set_name, data, rows_per_chunk),
         batch_size=1,
         num_cpus=0.5,
     )
 
 
+def _pruned_shard_rows(
+    batch: dict[str, Any], *, bound: Any, seed: int, readable_only: bool, **read_kwargs: Any
+) -> Iterator[dict[str, list]]:
+    """A shard's row chunks less the rows that can no longer be chosen (`prune_chunk`)."""
+    import ray
+
+    from visdiff.sources.shards.read import shard_row_chunks
+
+    def offer(keys: list[int]) -> int | None:
+        return ray.get(bound.offer.remote(keys))
+
+    for chunk in shard_row_chunks(batch, **read_kwargs):
+        kept = prune_chunk(chunk, seed=seed, offer=offer, readable_only=readable_only)
+        if kept[schema.ID]:
+            yield kept
+
+
+def select_shard_rows(
+    shards: list[str],
+    set_name: str,
+    data: DataConfig,
+    *,
+    seed: int,
+    n: int,
+    readable_only: bool = False,
+    rows_per_chunk: int | None = None,
+) -> tuple[Any, int]:
+    """The `n` rows of the shards with the smallest `stable_key(id, seed)` (as `cap_records`
+    keeps for listed sets) and their count. Which rows does not depend on block sizes, task
+    timing, actors or nodes; the price is that every shard is read once, where a `limit()`
+    stopped early but kept whichever rows came first.
+
+    One pass: readers prune against a `KeyBound` actor shared by all of them, so only about
+    n * (1 + ln(total / n)) candidate rows (with their bytes) are kept in the object store, not
+    the set; the driver then takes the exact n smallest from the candidates' ids."""
+    import ray
+
+    from visdiff.pipeline.progress import Expected, materialize_with_progress
+
+    bound = ray.remote(num_cpus=0)(KeyBound).remote(n)
+    try:
+        rows = _shard_uris(shards).map_batches(
+            _pruned_shard_rows,
+            fn_kwargs={
+                "bound": bound,
+                "seed": seed,
+                "readable_only": readable_only,
+                **_read_kwargs(set_name, data, rows_per_chunk),
+            },
+            batch_size=1,
+            num_cpus=0.5,
+        )
+        candidates = materialize_with_progress(
+            rows, f"read+select {set_name}", Expected(shards=len(shards))
+        )
+        offered = ray.get(bound.count.remote())
+    finally:
+        ray.kill(bound)
+    if candidates.count() == 0:
+        return candidates, 0
+    ids = [row[schema.ID] for row in candidates.select_columns([schema.ID]).iter_rows()]
+    chosen = frozenset(smallest_ids(ids, n, seed))
+    kept = sum(1 for i in ids if i in chosen)  # a tar may repeat a key: both rows stay
+    log.info(
+        "set %s: kept %d of %d shard rows (%d candidates after pruning)",
+        set_name,
+        kept,
+        offered,
+        len(ids),
+    )
+    if kept == len(ids):
+        return candidates, kept
+    return candidates.map_batches(
+        keep_ids, fn_kwargs={"ids": chosen}, batch_format="pyarrow", batch_size=None
+    ), kept
+
+
 def ranking_dataset(plan: SetPlan, data: DataConfig, *, seed: int) -> tuple[Any, int | None]:
-    """Every image to rank (capped). Returns the dataset and, when known, its row count."""
+    """Every image to rank (capped). Returns the dataset and, when known, its row count. A cap
+    keeps the images with the smallest seeded hash keys for every kind of input; on shards that
+    reads every shard once (`select_shard_rows`) before the images are ranked."""
     if plan.records is not None:
         capped = cap_records(plan.records, data.max_num_samples, seed)
         return records_dataset(capped, num_blocks=data.num_blocks), len(capped)
     assert plan.shards is not None
-    ds = shards_dataset(seeded_shard_order(plan.shards, seed), plan.set_name, data)
-    if data.max_num_samples > 0:
-        ds = ds.limit(data.max_num_samples)
-    return ds, None
+    if data.max_num_samples <= 0:
+        return shards_dataset(plan.shards, plan.set_name, data), None
+    return select_shard_rows(plan.shards, plan.set_name, data, seed=seed, n=data.max_num_samples)
 
 
 def sample_pool(plan: SetPlan, data: DataConfig, *, seed: int, size: int) -> list[dict[str, Any]]:
     """Candidates for the proposer's per-round samples. Records: all of them (no bytes). Shards:
-    the first `size` readable images of the seeded shard order, with their bytes and alt-text."""
+    the `size` readable images with the smallest seeded hash keys (bytes and alt-text), in key
+    order: the same for a seed whatever the blocks or the cluster, at the cost of reading every
+    shard once."""
     if plan.records is not None:
         return [r.to_dict() for r in plan.records]
     assert plan.shards is not None
-    ds = shards_dataset(seeded_shard_order(plan.shards, seed), plan.set_name, data)
-    ds = ds.filter(lambda row: row[schema.ERROR] == "").limit(size)
-    return ds.take_all()
+    if size <= 0:
+        return []
+    ds, count = select_shard_rows(
+        plan.shards, plan.set_name, data, seed=seed, n=size, readable_only=True
+    )
+    rows = ds.take_all() if count else []
+    return sorted(rows, key=lambda row: selection_key(row[schema.ID], seed))
 
 
 # ------------------------------------------------------------------------------ captions

@@ -25,7 +25,7 @@ from visdiff.sources.plan import InputPlan
 from visdiff.sources.subset import cap_records
 from visdiff.stages.images import Batch, decode_all, load_bytes, strings
 
-NO_CAPTION = "no_caption: the input has no caption for this image (rank.ranker=caption)"
+NO_CAPTION = "no_caption: the input has no caption for this image, and the ranker reads captions"
 _ROW_COLUMNS = [schema.ID, schema.SET, schema.URI, schema.CAPTION, schema.ERROR]
 CHECK_CHUNK = 64  # images per decode check on the driver
 CHECK_THREADS = 4

@@ -26,7 +26,7 @@ from visdiff.pipeline.actors import ClipActors
 from visdiff.pipeline.context import RunContext
 from visdiff.pipeline.graph import EmbeddedImages
 from visdiff.pipeline.judging import JudgedImages
-from visdiff.pipeline.offline import CaptionRanker
+from visdiff.pipeline.offline import NO_CAPTION, CaptionRanker
 from visdiff.propose.pool import HypothesisPool
 from visdiff.registry import Registry
 from visdiff.sources.plan import InputPlan
@@ -206,8 +206,17 @@ class LLMRanker(_YesNoRanker):
         from visdiff.pipeline.graph import captioner_for
 
         items = rows.take_all()
-        use_input = self.ctx.config.caption.source != "model"
-        missing = [r for r in items if not (use_input and r.get(schema.CAPTION))]
+        source = self.ctx.config.caption.source
+        if source == "manifest":  # the input's captions only, as the caption ranker reads them
+            for row in items:
+                if not row.get(schema.CAPTION) and not row.get(schema.ERROR):
+                    row[schema.ERROR] = NO_CAPTION
+        use_input = source != "model"
+        missing = [
+            r
+            for r in items
+            if not r.get(schema.ERROR) and not (use_input and r.get(schema.CAPTION))
+        ]
         with self.ctx.timer("caption_ranked"):
             captioned = captioner_for(self.ctx.config)(missing) if missing else {}
         for row in items:

@@ -10,12 +10,13 @@ proposer never saw (p/q-values, the AUROC interval and ``significant``). Both ar
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from visdiff.rank.partials import HypothesisStats, ScorePartials
+from visdiff.rank.partials import HypothesisStats, ScorePartials, merge_all
 
 __all__ = ["MIN_TESTED", "ScoredHypotheses", "SplitPartials"]
 
@@ -89,6 +90,20 @@ class SplitPartials:
         if self.held_out is not None and other.held_out is not None:
             held_out = self.held_out.merge(other.held_out)
         return SplitPartials(self.every.merge(other.every), held_out)
+
+    @staticmethod
+    def merge_all(parts: Iterable[SplitPartials]) -> SplitPartials:
+        """``merge`` of any number at once (``partials.merge_all`` on each side): exact
+        scores are concatenated once instead of once per pair."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("parts must contain at least one SplitPartials, got none")
+        if len({p.held_out is None for p in parts}) > 1:
+            raise ValueError("cannot merge partials with hold-out on and off")
+        every = merge_all(p.every for p in parts)
+        if parts[0].held_out is None:
+            return SplitPartials(every, None)
+        return SplitPartials(every, merge_all(p.held_out for p in parts))
 
     def finalize(self, hypotheses: list[str]) -> ScoredHypotheses:
         """Statistics of every image, and of the held-out ones for the tests; when either set

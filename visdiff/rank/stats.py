@@ -210,10 +210,9 @@ def _auroc_rows_with_test(
     def run(start: int) -> None:
         stop = min(h, start + per_block)
         keys = _sorted_keys(a[start:stop], b[start:stop])
-        out[start:stop] = _auroc_from_keys(keys, a.shape[1], b.shape[1])
-        if with_test:
-            test = _test_from_groups(*_groups_of_keys(keys))
-            tests[:, start:stop] = test.p_greater, test.p_less, test.se
+        out[start:stop], test = _statistics_of_keys(keys, a.shape[1], b.shape[1], with_test)
+        if test is not None:
+            tests[:, start:stop] = test
 
     threads = min(len(starts), _MAX_THREADS, os.cpu_count() or 1)
     if threads <= 1:
@@ -261,52 +260,99 @@ def _sorted_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _weighted_position_sums(labels: np.ndarray) -> np.ndarray:
-    """Sum of the positions holding a 1 in each row of a 0/1 float32 array, exactly.
+def _statistics_of_keys(
+    keys: np.ndarray, n_a: int, n_b: int, with_test: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Exact AUROC of each row of one block of sorted keys (see ``auroc_many``) and, with
+    ``with_test``, its (p_greater, p_less, se) stacked as (3, rows); see ``_test_from_groups``.
 
-    Rows are cut into chunks of 256 so that one float32 matrix product (BLAS) yields every
-    chunk's count and in-chunk position sum exactly (both < 2**24); int64 adds the rest.
+    Array passes over the block, no Python per row: A precedes B inside ties, so the k-th A
+    of a row, at position p_k, has exactly p_k - k B scores strictly below it. Those counts
+    give U and both DeLong sums as if nothing tied; the few tie groups then correct them.
     """
-    rows, n = labels.shape
-    chunk = 256
-    full = n - n % chunk
-    weights = np.stack([np.arange(chunk), np.ones(chunk)], axis=1).astype(np.float32)
-    sums = labels[:, :full].reshape(rows, -1, chunk) @ weights
-    within, counts = sums[..., 0].astype(np.int64), sums[..., 1].astype(np.int64)
-    total = within.sum(axis=1) + counts @ np.arange(0, full, chunk, dtype=np.int64)
-    tail = labels[:, full:].astype(np.float64) @ np.arange(full, n, dtype=np.float64)
-    return total + tail.astype(np.int64)
-
-
-def _tied_pairs(keys: np.ndarray) -> np.ndarray:
-    """Per row, the number of (A, B) pairs with equal scores: sum over tie groups of a * b.
-
-    A group holding both sets shows as an A key directly followed by the same value's B key
-    (XOR == 1); its extent is found by binary search, only in the rows that have one.
-    """
+    rows, n = keys.shape
     one = keys.dtype.type(1)
-    row, col = np.divmod(np.flatnonzero((keys[:, 1:] ^ keys[:, :-1]) == one), keys.shape[1] - 1)
-    tied = np.zeros(keys.shape[0], dtype=np.int64)
-    if row.size == 0:
-        return tied
-    firsts = np.searchsorted(row, np.arange(keys.shape[0] + 1))
-    for r in np.flatnonzero(np.diff(firsts)):  # rows with ties only; O(ties * log n) each
-        last_a = col[firsts[r] : firsts[r + 1]]
-        line = keys[r]
-        group_a = last_a + 1 - np.searchsorted(line, line[last_a], side="left")
-        group_b = np.searchsorted(line, line[last_a + 1], side="right") - last_a - 1
-        tied[r] = np.dot(group_a, group_b)
-    return tied
+    flat_a = np.flatnonzero((keys & one) == 0)  # ascending, n_a per row
+    below_b = flat_a.reshape(rows, n_a) - (np.arange(rows) * n)[:, None]
+    below_b -= np.arange(n_a)  # B scores strictly below each A score, ascending per row
+    ties = _tie_groups(keys, flat_a, n_a)
+    tied = np.zeros(rows, np.int64)  # (A, B) pairs with equal scores
+    np.add.at(tied, ties.row, ties.a * ties.b)
+    twice_u = 2 * below_b.sum(axis=1) + tied
+    auc = twice_u / (2.0 * n_a * n_b)
+    if not with_test:
+        return auc, None
+    # DeLong: sum over A of (B below + half the tied B)^2, and over B of (A above + half the
+    # tied A)^2; the B sum follows from the A positions (summation by parts), as
+    # sum_k gap_k (n_a - k)^2 = sum_k below_b_k (2 (n_a - k) - 1).
+    counts = below_b.astype(np.float64)
+    q_a = np.einsum("ij,ij->i", counts, counts)
+    q_b = counts @ (2.0 * (n_a - np.arange(n_a, dtype=np.float64)) - 1.0)
+    a, b = ties.a.astype(np.float64), ties.b.astype(np.float64)
+    above = n_a - ties.a_before - a  # A above the group, for each of its B scores
+    q_a += np.bincount(ties.row, a * (ties.b_before * b + 0.25 * b * b), rows)
+    q_b += np.bincount(ties.row, b * (above * a + 0.25 * a * a), rows)
+    size = a + b
+    tie_term = np.bincount(ties.row, size**3 - size, rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s10 = (q_a / float(n_b) ** 2 - n_a * auc**2) / (n_a - 1)
+        s01 = (q_b / float(n_a) ** 2 - n_b * auc**2) / (n_b - 1)
+        se = np.sqrt(np.maximum(s10 / n_a + s01 / n_b, 0.0))
+    u = twice_u / 2.0
+    p_greater, p_less = _mann_whitney_p(u, float(n_a), float(n_b), tie_term)
+    return auc, np.stack([p_greater, p_less, se])
 
 
-def _auroc_from_keys(keys: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
-    """Exact AUROC of each row of one block of sorted keys (see ``auroc_many``)."""
-    # Q: pairs with A placed before B = sum over B of (its position - B scores before it).
-    labels = (keys & keys.dtype.type(1)).astype(np.float32)
-    placed_before = _weighted_position_sums(labels) - n_b * (n_b - 1) // 2
-    # U = pairs with A above B + half the ties = n_a n_b - Q + ties / 2 (A precedes B in ties).
-    twice_u = 2 * (n_a * n_b - placed_before) + _tied_pairs(keys)
-    return twice_u / (2.0 * n_a * n_b)
+@dataclass(frozen=True)
+class _TieGroups:
+    """Runs of equal scores (size >= 2) in sorted keys: row, A/B counts, and the A and B
+    scores strictly below the run in its row."""
+
+    row: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    a_before: np.ndarray
+    b_before: np.ndarray
+
+
+def _tie_groups(keys: np.ndarray, flat_a: np.ndarray, n_a: int) -> _TieGroups:
+    """Tie groups of sorted keys; ``flat_a``: flat positions of the A keys (ascending).
+
+    Equal scores differ at most in the set bit (XOR <= 1); float32 scores of 10^5 images
+    tie in a few hundred places per row, so the groups are handled as short flat arrays.
+    """
+    rows, n = keys.shape
+    one = keys.dtype.type(1)
+    pair = np.flatnonzero((keys[:, 1:] ^ keys[:, :-1]) <= one)  # key j+1 ties key j
+    row, col = np.divmod(pair, n - 1)
+    first = row * n + col  # flat position of the earlier key of each tied pair
+    opens = np.ones(first.size, dtype=bool)
+    opens[1:] = first[1:] != first[:-1] + 1  # runs never cross rows: rows are n apart
+    group = np.cumsum(opens) - 1
+    start = first[opens]
+    flat = keys.reshape(-1)
+    size = np.bincount(group, minlength=start.size) + 1
+    b = (flat[start] & one).astype(np.int64)
+    b += np.bincount(group, (flat[first + 1] & one).astype(np.int64), start.size).astype(np.int64)
+    g_row = row[opens]
+    a_before = np.searchsorted(flat_a, start) - g_row * n_a
+    return _TieGroups(g_row, size - b, b, a_before, col[opens] - a_before)
+
+
+def _mann_whitney_p(
+    u: np.ndarray, n_a: np.ndarray | float, n_b: np.ndarray | float, tie_term: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided p-values of U (A over B) and of B over A: normal approximation with tie
+    and continuity correction, as ``scipy.stats.mannwhitneyu(method="asymptotic")``.
+    ``tie_term``: sum over tie groups of t^3 - t."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = n_a + n_b
+        sigma = np.sqrt(n_a * n_b / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0))))
+        mu = n_a * n_b / 2.0
+        # All scores tied: sigma = 0, z = -inf, p = 1 (no evidence either way), as scipy.
+        p_greater = special.ndtr(-((u - mu - 0.5) / sigma))
+        p_less = special.ndtr(-((mu - u - 0.5) / sigma))
+    return np.clip(p_greater, 0, 1), np.clip(p_less, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -322,19 +368,6 @@ class AurocTest:
     p_greater: float | np.ndarray
     p_less: float | np.ndarray
     se: float | np.ndarray
-
-
-def _groups_of_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Tie groups of sorted keys (``_sorted_keys``), flattened over rows: per group its A and
-    B counts and its row, groups ascending within each row."""
-    values = keys >> keys.dtype.type(1)
-    starts = np.ones(keys.shape, dtype=bool)
-    starts[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = np.cumsum(starts.ravel()) - 1
-    size = np.bincount(group)
-    count_b = np.bincount(group, weights=(keys & keys.dtype.type(1)).ravel(), minlength=size.size)
-    row = np.repeat(np.arange(keys.shape[0]), starts.sum(axis=1))
-    return size - count_b.astype(np.int64), count_b.astype(np.int64), row, keys.shape[0]
 
 
 def _test_from_groups(
@@ -362,14 +395,8 @@ def _test_from_groups(
         s10 = (np.bincount(row, a * v10**2, rows) - n_a * auc**2) / (n_a - 1)
         s01 = (np.bincount(row, b * v01**2, rows) - n_b * auc**2) / (n_b - 1)
         se = np.sqrt(np.maximum(s10 / n_a + s01 / n_b, 0.0))
-        n = n_a + n_b
-        ties = np.bincount(row, (a + b) ** 3 - (a + b), rows)
-        sigma = np.sqrt(n_a * n_b / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0))))
-        mu = n_a * n_b / 2.0
-        # All scores tied: sigma = 0, z = -inf, p = 1 (no evidence either way), as scipy.
-        p_greater = special.ndtr(-((u - mu - 0.5) / sigma))
-        p_less = special.ndtr(-((mu - u - 0.5) / sigma))
-    return AurocTest(auc, np.clip(p_greater, 0, 1), np.clip(p_less, 0, 1), se)
+    p_greater, p_less = _mann_whitney_p(u, n_a, n_b, np.bincount(row, (a + b) ** 3 - (a + b), rows))
+    return AurocTest(auc, p_greater, p_less, se)
 
 
 def _scalar_test(test: AurocTest) -> AurocTest:

@@ -1,6 +1,10 @@
 """Ray Serve application hosting the proposer LLM (or VLM) behind OpenAI's chat-completions API.
 
-Routes (below the app's route prefix): POST /v1/chat/completions, GET /v1/models, GET /healthz.
+Routes (below the app's route prefix): POST /v1/chat/completions, GET /v1/models, GET /healthz,
+and GET /visdiff/identity (who this app is: app name, engine, model; the launcher checks it
+before it trusts a server on its port). With `api_key_sha256` in its args, every route but
+/healthz needs `Authorization: Bearer <key>` (401 otherwise): the launcher sets it whenever the
+proxy listens beyond loopback.
 Every error answers in OpenAI's `{"error": {...}}` shape with a meaningful status (400 invalid
 request, 404 unknown model or route, 500 engine failure), so any OpenAI client reports it well.
 Messages may carry images as OpenAI `image_url` parts with base64 `data:` URLs when the model is
@@ -15,6 +19,7 @@ Deploy from Python with `serve.run(build_app(LLMAppArgs(...)))` or from a Serve 
 # runtime to validate YAML `args:` into LLMAppArgs, and FastAPI reads the route signatures.
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any
@@ -35,7 +40,13 @@ from visdiff.llm.protocol import (
     ModelCard,
     ModelList,
 )
-from visdiff.serving.args import LLMAppArgs, deployment_options
+from visdiff.serving.args import (
+    IDENTITY_ROUTE,
+    LLMAppArgs,
+    app_identity,
+    deployment_options,
+    key_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +54,31 @@ DEPLOYMENT_NAME = "VisdiffLLM"
 
 
 def _error(
-    status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code))
-    return JSONResponse(status_code=status, content=body.model_dump())
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _app_name() -> str:
+    """The Serve application this replica belongs to (its name is given at deploy time, not in
+    the args)."""
+    try:
+        return serve.get_replica_context().replica_id.deployment_id.app_name
+    except Exception:  # outside a replica (never in Serve): no name to report
+        return ""
 
 
 def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
@@ -92,17 +124,45 @@ class LLMDeployment:
             served_model_name=self._args.served_model_name,
         )
 
+    def _denied(self, request: Request) -> JSONResponse | None:
+        """401 unless the request carries the key (when the app has one); compared as digests
+        in constant time, so neither the key nor its length leaks through timing."""
+        expected = self._args.api_key_sha256
+        if expected is None:
+            return None
+        token = _bearer_token(request)
+        if token is not None and hmac.compare_digest(key_digest(token), expected):
+            return None
+        return _error(
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer <key>' with the key from the "
+            "env var named by llm.serve_api_key_env",
+            "invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @fastapi_app.get(IDENTITY_ROUTE)
+    async def identity(self, request: Request) -> JSONResponse:
+        if (denied := self._denied(request)) is not None:
+            return denied
+        return JSONResponse(content=app_identity(self._args, _app_name()))
+
     @fastapi_app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, request: Request) -> JSONResponse:
+        if (denied := self._denied(request)) is not None:
+            return denied
         card = ModelCard(id=self._args.served_model_name, root=self._args.model)
-        return ModelList(data=[card]).model_dump()
+        return JSONResponse(content=ModelList(data=[card]).model_dump())
 
     @fastapi_app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> JSONResponse:
+        if (denied := self._denied(request)) is not None:
+            return denied
         try:
             payload = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from visdiff.config import TINY
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+IDENTITY_SERVICE = "visdiff-llm-app"
+IDENTITY_ROUTE = "/visdiff/identity"  # below the app's route prefix, like /healthz
 
 
 class AutoscalingArgs(BaseModel):
@@ -44,12 +50,40 @@ class LLMAppArgs(BaseModel):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     # vLLM serving a VLM: images it accepts in one request (the vlm proposer sends 2 grids).
     max_images_per_prompt: int = Field(4, ge=1, le=64)
+    # SHA-256 (hex) of the key every route but /healthz requires as `Authorization: Bearer`.
+    # A digest, never the key: args are stored by Serve and shown by its dashboard and status.
+    api_key_sha256: str | None = None
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256_HEX.fullmatch(value):
+            raise ValueError('api_key_sha256 must be 64 hex digits: printf %s "$KEY" | sha256sum')
+        return None if value is None else value.lower()
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> LLMAppArgs:
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("give either num_replicas or autoscaling, not both")
         return self
+
+
+def key_digest(key: str) -> str:
+    """What the app stores and compares in place of the key itself."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def app_identity(args: LLMAppArgs, app_name: str) -> dict[str, Any]:
+    """Who the app is, as its /visdiff/identity route answers and the launcher expects it: the
+    app name, engine and model, and whether it checks a key (never the key or its digest)."""
+    return {
+        "service": IDENTITY_SERVICE,
+        "app_name": app_name,
+        "engine": args.engine,
+        "model": args.model,
+        "served_model_name": args.served_model_name,
+        "requires_key": args.api_key_sha256 is not None,
+    }
 
 
 def scaling_options(args: LLMAppArgs) -> dict[str, Any]:

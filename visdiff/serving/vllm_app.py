@@ -35,6 +35,12 @@ def vllm_llm_config_dict(args: LLMAppArgs) -> dict[str, Any]:
         raise ConfigError(
             f"engine vllm shards a model over whole GPUs; num_gpus={args.num_gpus} is fractional"
         )
+    if args.api_key_sha256 is not None:
+        raise ConfigError(
+            "engine vllm (Ray Serve LLM's OpenAI app) does not check an API key: keep "
+            "llm.http_host on loopback (127.0.0.1) without llm.serve_api_key_env, or use engine "
+            "transformers"
+        )
     if args.model in (TINY, TINY_VLM):
         raise ConfigError(
             f"engine vllm loads real weights; llm.model={args.model} (a random model) runs only "
