@@ -10,6 +10,7 @@ claims no target (`meets_target` false, with `meets_target_reason`).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -207,20 +208,15 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
+    for package in ("torch", "ray"):  # versions without importing them (torch costs ~2 s)
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = None
+    torch = sys.modules.get("torch")  # threads and GPU only where the bench uses torch
+    if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        info["torch"] = None
-    try:
-        import ray
-
-        info["ray"] = ray.__version__
-    except ImportError:
-        info["ray"] = None
     return info
 
 

@@ -42,9 +42,13 @@ def test_rank_scale_smoke_prints_json_summary_last(tmp_path) -> None:
     assert EXPECTED_KEYS <= summary.keys()
     assert summary["benchmark"] == "rank_scale"
     assert isinstance(summary["meets_target"], bool)
-    assert [r["n_per_set"] for r in summary["runs"]] == [1000, 10000]
+    # The larger size is past SCORE_BATCH_ROWS: the pipeline's Ray path ran, not only the driver.
+    assert [r["n_per_set"] for r in summary["runs"]] == [1000, 20000]
     assert all(r["path"] == "exact" for r in summary["runs"])
     assert all(r["seconds"] > 0 and r["rss_peak_mb"] > 0 for r in summary["runs"])
+    assert all(r["floor_seconds"] > 0 and r["pure_floor_ratio"] > 0 for r in summary["runs"])
+    assert summary["floor_ratio"] == summary["runs"][-1]["floor_ratio"] > 0
+    assert isinstance(summary["meets_floor_target"], bool)
     assert summary["machine"]["cpu_count"] >= 1
     assert len(summary["config_hash"]) == 12
 

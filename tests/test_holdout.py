@@ -11,7 +11,7 @@ import pytest
 
 from visdiff.rank.aggregate import ScoreAggregate
 from visdiff.rank.holdout import SplitPartials
-from visdiff.rank.partials import ScorePartials
+from visdiff.rank.partials import HypothesisStats, ScorePartials
 from visdiff.rank.significance import ranked_rows
 from visdiff.rank.stats import auroc_many
 
@@ -178,3 +178,83 @@ def test_holdout_off_tests_every_image() -> None:
         SplitPartials.from_scores(scores, is_a, None, threshold=THRESHOLD).merge(
             SplitPartials.from_scores(scores, is_a, ~is_a, threshold=THRESHOLD)
         )
+
+
+def _assert_same_stats(got: HypothesisStats, want: HypothesisStats) -> None:
+    """Equal up to float round-off (merge order moves the moments' last bits)."""
+    for key, value in want.to_dict().items():
+        if isinstance(value, float):
+            assert getattr(got, key) == pytest.approx(value, rel=1e-12, abs=1e-15), key
+        else:
+            assert getattr(got, key) == value, key
+
+
+def test_split_merge_all_equals_pairwise_merges() -> None:
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.normal(0.2, 0.2, (90, 3)), 2)
+    is_a, tested = rng.random(90) < 0.5, rng.random(90) < 0.7
+    parts = [
+        SplitPartials.from_scores(
+            scores[i : i + 30], is_a[i : i + 30], tested[i : i + 30], threshold=THRESHOLD
+        )
+        for i in range(0, 90, 30)
+    ]
+    names = ["x", "y", "z"]
+    once = SplitPartials.merge_all(parts).finalize(names)
+    pairwise = parts[0].merge(parts[1]).merge(parts[2]).finalize(names)
+    for got, want in ((once.stats, pairwise.stats), (once.tested, pairwise.tested)):
+        for g, w in zip(got, want, strict=True):
+            _assert_same_stats(g, w)
+    assert once.holdout == pairwise.holdout
+    with pytest.raises(ValueError, match="hold-out on and off"):
+        SplitPartials.merge_all([parts[0], SplitPartials(parts[1].every, None)])
+
+
+def test_fold_blocks_equals_one_block_folded_on_the_driver(ray_session) -> None:
+    """`fold_blocks` (a task per run of blocks, one fold task) gives what one partial of all
+    rows gives, for exact and histogram partials, with hold-out on and a failed row; a second
+    aggregation without `combine_all` rides along. Scores are exact in float32 (multiples of
+    1/64), so block boundaries cannot move them."""
+    import ray
+    from ray.data.aggregate import Count
+
+    from visdiff.rank.aggregate import fold_blocks
+
+    rng = np.random.default_rng(6)
+    n, h = 240, 5
+    vectors = rng.integers(-4, 5, (n, 4)).astype(np.float32) / 8
+    text = rng.integers(-4, 5, (h, 4)).astype(np.float32) / 8
+    sets = ["a" if i % 3 else "b" for i in range(n)]
+    items = [
+        {
+            "id": f"{s}/{i}",
+            "set": s,
+            "uri": f"mem://{i}",
+            "error": "" if i % 17 else "bad",
+            "embedding": vectors[i],
+            "from_cache": False,
+        }
+        for i, s in enumerate(sets)
+    ]
+    dataset = ray.data.from_items(items, override_num_blocks=12).materialize()
+    whole = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+    held_in = [f"{s}/{i}" for i, s in enumerate(sets) if i % 4 == 0]
+    names = [f"h{j}" for j in range(h)]
+
+    class BinnedScores(ScoreAggregate):  # local: pickled by value for the workers
+        NAME = "binned_score_partials"  # a second ScoreAggregate in the same pass
+
+    exact, binned = (
+        kind(names, text, threshold=0.1, num_bins=64, exact_cap=cap, held_in=held_in)
+        for kind, cap in ((ScoreAggregate, 10_000), (BinnedScores, 100))
+    )
+    got = fold_blocks(dataset, [exact, binned, Count()], rows_per_task=120)  # 2 tasks, 1 pass
+    assert got["count"] == n
+    for scoring in (exact, binned):
+        want = scoring.finalize(scoring.aggregate_block(whole))
+        scored = got[scoring.get_agg_name()]
+        assert scored.holdout == want.holdout
+        assert scored.stats[0].auroc_exact is (scoring is exact)
+        for mine, theirs in ((scored.stats, want.stats), (scored.tested, want.tested)):
+            for g, w in zip(mine, theirs, strict=True):
+                _assert_same_stats(g, w)

@@ -268,3 +268,42 @@ def test_vectorised_welch_matches_scipy_from_stats() -> None:
     for j in range(20):
         single = welch_t_from_moments(30, mean_a[j], var_a[j], 45, mean_b[j], var_b[j])
         assert (single.t_stat, single.p_value) == (t_stat[j], p_value[j])
+
+
+def _tie_heavy_rows(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, n_a), (H, n_b) float32 rows with ties within and across sets, signed zeros, rows
+    that tie throughout, and (odd seeds) values outside [-1, 1], which take 64-bit keys."""
+    rng = np.random.default_rng(seed)
+    h, n_a, n_b = 9, int(rng.integers(2, 200)), int(rng.integers(2, 200))
+    a = np.round(rng.normal(0.1, 0.3, (h, n_a)), int(rng.integers(1, 3)))
+    b = np.round(rng.normal(0.0, 0.3, (h, n_b)), int(rng.integers(1, 3)))
+    a[1], b[1] = 0.25, 0.25  # one group holding both whole sets ...
+    a[2], b[2] = 0.5, -0.5  # ... next to rows whose groups end and start at the row edges
+    a[3, ::2], b[3, ::3] = 0.0, -0.0
+    a[4], b[4] = rng.normal(0, 1, n_a), rng.normal(0, 1, n_b)  # (almost) no ties
+    if seed % 2:
+        a[5] *= 40.0
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_vectorised_exact_tests_equal_the_per_sample_test(seed: int, monkeypatch) -> None:
+    """The (H, n) path (A positions in one sorted key array, tie groups fixed up afterwards)
+    against `auroc_test`, which groups the distinct values of one hypothesis with np.unique
+    (itself checked against scipy); blocks of 2 rows, sorted in threads, change nothing."""
+    a, b = _tie_heavy_rows(seed)
+    aucs, test = rank_stats._auroc_rows_with_test(a, b)
+    monkeypatch.setattr(rank_stats, "_BLOCK_KEYS", 2 * (a.shape[1] + b.shape[1]))
+    blocked_aucs, blocked = rank_stats._auroc_rows_with_test(a, b)
+    np.testing.assert_array_equal(blocked_aucs, aucs)
+    for field in ("p_greater", "p_less", "se"):
+        np.testing.assert_array_equal(getattr(blocked, field), getattr(test, field))
+    for j in range(a.shape[0]):
+        ref = rank_stats.auroc_test(a[j], b[j])
+        assert aucs[j] == ref.auroc == auroc(a[j], b[j])  # exact in integers both ways
+        assert (test.p_greater[j], test.p_less[j]) == pytest.approx(
+            (ref.p_greater, ref.p_less), rel=1e-12, abs=1e-15
+        )
+        assert test.se[j] == pytest.approx(ref.se, rel=1e-10, abs=1e-15)
+    assert (test.se[1], test.p_greater[1], test.p_less[1]) == (0.0, 1.0, 1.0)  # all tied
+    assert aucs[2] == 1.0

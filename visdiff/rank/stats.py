@@ -18,7 +18,6 @@ from numbers import Real
 
 import numpy as np
 from scipy import special
-from scipy.stats import ttest_ind_from_stats
 
 __all__ = [
     "AurocTest",
@@ -250,9 +249,9 @@ def _sorted_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     np.add(a, np.float32(0.0), out=values[:, :n_a])
     np.add(b, np.float32(0.0), out=values[:, n_a:])
     keys = _order_bits(values)
-    if keys.min() >= _KEY_OF_MINUS_ONE and keys.max() <= _KEY_OF_ONE:
-        keys -= _KEY_OF_MINUS_ONE
-    else:
+    keys -= _KEY_OF_MINUS_ONE  # keys below -1 wrap around: one max() checks the range
+    if keys.max() > _KEY_OF_ONE - _KEY_OF_MINUS_ONE:
+        keys += _KEY_OF_MINUS_ONE
         keys = keys.astype(np.uint64)
     keys <<= keys.dtype.type(1)
     keys[:, n_a:] |= keys.dtype.type(1)
@@ -273,9 +272,10 @@ def _statistics_of_keys(
     rows, n = keys.shape
     one = keys.dtype.type(1)
     flat_a = np.flatnonzero((keys & one) == 0)  # ascending, n_a per row
-    below_b = flat_a.reshape(rows, n_a) - (np.arange(rows) * n)[:, None]
-    below_b -= np.arange(n_a)  # B scores strictly below each A score, ascending per row
     ties = _tie_groups(keys, flat_a, n_a)
+    below_b = flat_a.reshape(rows, n_a)  # becomes, in place, the B scores strictly below
+    below_b -= np.arange(n_a)  # each A score (ascending per row): its position minus k
+    below_b -= (np.arange(rows) * n)[:, None]
     tied = np.zeros(rows, np.int64)  # (A, B) pairs with equal scores
     np.add.at(tied, ties.row, ties.a * ties.b)
     twice_u = 2 * below_b.sum(axis=1) + tied
@@ -468,6 +468,10 @@ def _welch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(t, two-sided p) of Welch's test for arrays of validated moments (broadcast together):
     ``scipy.stats.ttest_ind_from_stats`` with ``equal_var=False``, which takes deviations."""
+    # Imported here: scipy.stats takes ~0.7 s to import, and the score stage's workers, which
+    # only build partials, never need it.
+    from scipy.stats import ttest_ind_from_stats
+
     with np.errstate(divide="ignore", invalid="ignore"):
         result = ttest_ind_from_stats(
             np.asarray(mean_a, np.float64),
