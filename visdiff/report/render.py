@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visdiff.errors import InputError
@@ -42,7 +42,9 @@ def _json(folder: RunFolder, name: str) -> Any:
 
 
 def read_evidence(data: bytes) -> EvidenceTable:
-    return EvidenceTable.from_records(pq.read_table(io.BytesIO(data)).to_pylist())
+    """An Arrow buffer, not a Python file object: Arrow's reader threads would otherwise hold a
+    Python object past the read, and a process exiting then aborts taking the GIL for them."""
+    return EvidenceTable.from_records(pq.read_table(pa.BufferReader(data)).to_pylist())
 
 
 def load_run(run_dir: str) -> RunPage:

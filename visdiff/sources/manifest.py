@@ -55,9 +55,11 @@ def _read_csv(data: bytes) -> pd.DataFrame:
 
 
 def _read_parquet(data: bytes) -> pd.DataFrame:
+    """From an Arrow buffer, not a Python file object (see report.render.read_evidence)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+    return pq.read_table(pa.BufferReader(data)).to_pandas()
 
 
 def _read_jsonl(data: bytes) -> pd.DataFrame:
