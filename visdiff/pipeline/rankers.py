@@ -147,7 +147,8 @@ class _YesNoRanker(Ranker):
         self._judged: JudgedImages | None = None
 
     def start(self, background: ThreadPoolExecutor) -> str:
-        self._candidates = background.submit(self._image_rows)
+        # Read (and for the llm ranker caption) once, in the background, for every rank pass.
+        self._candidates = background.submit(lambda: self._prepared(self._image_rows()))
         cap = judged_cap(self.ctx.config)
         return f"reading {f'up to {cap:,}' if cap else 'every'} image per set to ask the LLM about"
 
@@ -170,7 +171,7 @@ class _YesNoRanker(Ranker):
 
         assert self._candidates is not None and self.ctx.client is not None
         cfg = self.ctx.config
-        rows = self._prepared(self._candidates.result())
+        rows = self._candidates.result()
         with self.ctx.timer("rank_judge"):
             judged = judge_images(
                 rows,
@@ -184,12 +185,14 @@ class _YesNoRanker(Ranker):
             )
         self._judged = judged
         self.usage = merge_usage(self.usage, judged.usage)
-        done: Future[EmbeddedImages] = Future()
-        done.set_result(judged)
-        self._rows = done
         return judged, np.eye(len(pool.hypotheses), dtype=np.float32)
 
+    def rows(self) -> EmbeddedImages:
+        assert self._judged is not None, "no hypothesis has been ranked yet"
+        return self._judged
+
     def _prepared(self, rows: Any) -> Any:
+        """The rows to ask about, as read (the vlm ranker reads each image itself)."""
         return rows
 
 
