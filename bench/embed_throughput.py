@@ -15,7 +15,14 @@ per-call start-up (Ray Data's stage actors), which the difference cancels; `rati
 includes it. The 1-minute load is recorded; above the core count the run is marked `noisy` and
 claims no target.
 
-    python bench/embed_throughput.py [--quick] [--threads T] [--batch-size B] [--num-decoders K]
+On CPU-only nodes the pipeline runs one single-threaded model actor per core (`--num-actors`,
+default: the core count; `clip.num_actors` in a run): one process whose torch threads span every
+core loses far more to Ray's own processes than their CPU time, because any of them preempting
+one thread stalls the others at the next barrier (measured here: 1 actor x 2 threads reached
+0.83 of the bare forward pass, 2 actors x 1 thread 0.94 end to end). The bare baselines keep
+`--threads` (default: every core) in one process: the best a plain program does.
+
+    python bench/embed_throughput.py [--quick] [--threads T] [--num-actors K] [--batch-size B]
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch threads, bare and actor (cores)"
     )
     parser.add_argument("--num-decoders", type=int, default=1, help="clip.num_decoders")
+    parser.add_argument(
+        "--num-actors", type=int, default=None, help="clip.num_actors (default: cores)"
+    )
+    parser.add_argument(
+        "--actor-threads", type=int, default=None, help="torch threads per actor (threads/K)"
+    )
     parser.add_argument("--clip-num-cpus", type=float, default=1.0, help="clip.num_cpus")
     parser.add_argument(
         "--ray-default-threads",
@@ -113,6 +126,8 @@ def main() -> None:
     n = args.n or (128 if args.quick else 512)
     arch = args.arch or ("ViT-S-32" if args.quick else "ViT-B-32")
     threads = args.threads or os.cpu_count() or 1
+    num_actors = args.num_actors or os.cpu_count() or 1
+    actor_threads = args.actor_threads or max(1, threads // num_actors)
     config = {
         "benchmark": "embed_throughput",
         "n": n,
@@ -120,9 +135,10 @@ def main() -> None:
         "pretrained": None,
         "batch_size": args.batch_size,
         "torch_threads": threads,
+        "num_actors": num_actors,
         "actor_torch_threads": "ray default (clip.num_cpus)"
         if args.ray_default_threads
-        else threads,
+        else actor_threads,
         "num_decoders": args.num_decoders,
         "clip_num_cpus": args.clip_num_cpus,
         "ray_cpus": args.ray_cpus,
@@ -138,6 +154,7 @@ def main() -> None:
         pretrained=None,
         batch_size=args.batch_size,
         num_decoders=args.num_decoders,
+        num_actors=num_actors,
         num_cpus=args.clip_num_cpus,
     )
     root = _common.BENCH_CACHE / f"embed_n{n}_s{IMAGE_SIZE}_seed{args.seed}"
@@ -161,8 +178,8 @@ def main() -> None:
         f"serial decode+preprocess+forward {half / serial_first:.2f} images/s"
     )
 
-    warm = args.batch_size
-    worker_env = {} if args.ray_default_threads else {"OMP_NUM_THREADS": str(threads)}
+    warm = args.batch_size * num_actors  # one batch per model actor: t(W) is one batch's time
+    worker_env = {} if args.ray_default_threads else {"OMP_NUM_THREADS": str(actor_threads)}
     with _common.local_ray(args.ray_cpus, object_store_mb=1024, env_vars=worker_env) as ray_info:
         started = time.perf_counter()
         with clip_model_actors(clip_cfg) as actors:
@@ -173,10 +190,13 @@ def main() -> None:
             _common.say(f"pipeline warm-up call on {warm} images (untimed): {first_s:.1f} s")
             small_s, _ = pipeline_run(records[:warm], clip_cfg, actors)
             _common.say(
-                f"pipeline on {warm} images (per-call start-up + one batch): {small_s:.1f} s"
+                f"pipeline on {warm} images (per-call start-up + one batch per actor): "
+                f"{small_s:.1f} s"
             )
-            full_s, embedded = pipeline_run(records, clip_cfg, actors)
-            _common.say(f"pipeline on {len(records)} images: {full_s:.1f} s")
+            with _common.CpuSampler() as sampler:
+                full_s, embedded = pipeline_run(records, clip_cfg, actors)
+            cpu = sampler.by_group()
+            _common.say(f"pipeline on {len(records)} images: {full_s:.1f} s; CPU s: {cpu}")
             rows = embedded.dataset.select_columns(["id", "embedding"]).take_all()
 
     forward_second = bare_forward_seconds(bundle, pixels[half:], args.batch_size)
@@ -216,6 +236,13 @@ def main() -> None:
         "pipeline_first_call_seconds": round(first_s, 2),
         "pipeline_one_batch_seconds": round(small_s, 2),
         "pipeline_startup_s": round(per_call_s, 2),
+        # The profile of the timed call: CPU seconds per process (the model actor's share of
+        # the cores over the call, and what every other process took from those cores).
+        "pipeline_cpu_seconds_by_process": cpu,
+        "model_actor_core_share": round(
+            cpu.get("ray::ClipModelActor", 0.0) / max(full_s * (os.cpu_count() or 1), 1e-9), 3
+        ),
+        "other_processes_cpu_s": round(sum(cpu.values()) - cpu.get("ray::ClipModelActor", 0.0), 2),
         "ratio": round(value, 4),
         "ratio_vs_serial": round(steady_rate / serial_rate, 4),
         "ratio_end_to_end": round((len(records) / full_s) / forward_rate, 4),

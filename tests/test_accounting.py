@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
+from tests.nonroot import run_unprivileged
 from tests.openai_standin import serve_standin
 from visdiff.cli import main
 from visdiff.config import DataConfig
@@ -71,9 +71,9 @@ def test_listing_an_odd_folder_accounts_for_every_entry(tmp_path: Path) -> None:
     assert len(plan.b.records) == 3
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_and_folder_are_counted(tmp_path: Path) -> None:
-    odd, plain = _odd_folder(tmp_path), _plain_folder(tmp_path)
+def _check_unreadable_counted(root: Path) -> None:
+    """Run as a user that mode bits bind (see tests/nonroot.py)."""
+    odd, plain = _odd_folder(root), _plain_folder(root)
     (odd / "secret.jpg").write_bytes(b"x")
     (odd / "secret.jpg").chmod(0)
     (odd / "closed").mkdir()
@@ -83,7 +83,11 @@ def test_unreadable_file_and_folder_are_counted(tmp_path: Path) -> None:
     finally:
         (odd / "closed").chmod(0o755)
     reasons = {os.path.relpath(s["uri"], odd): s["reason"] for s in plan.skipped}
-    assert reasons == {**ODD, "secret.jpg": "unreadable", "closed": "unreadable"}
+    assert reasons == {**ODD, "secret.jpg": "unreadable", "closed": "unreadable"}, reasons
+
+
+def test_unreadable_file_and_folder_are_counted(tmp_path: Path) -> None:
+    run_unprivileged(_check_unreadable_counted, tmp_path)
 
 
 def test_describe_stats_add_up_over_an_odd_folder(ray_session, tmp_path: Path) -> None:

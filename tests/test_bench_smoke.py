@@ -119,3 +119,23 @@ def test_results_on_a_busy_machine_claim_no_target(monkeypatch, capsys) -> None:
     quiet = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert quiet["noisy"] is False and quiet["meets_target"] is True
     assert "meets_target_reason" not in quiet
+
+
+def test_cpu_profile_counts_a_busy_child_by_its_title_and_not_what_came_before() -> None:
+    """bench/_common.CpuSampler (the profile of embed_throughput and fixed_cost): CPU seconds per
+    process group of this process's descendants, from the start of the block only."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import _common
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+    subprocess.run([sys.executable, "-c", spin.format(s=0.3)], check=True)  # before: not counted
+    with _common.CpuSampler(interval=0.1) as sampler:
+        child = subprocess.Popen([sys.executable, "-c", spin.format(s=1.0) + "time.sleep(0.5)"])
+        child.wait(timeout=60)
+    groups = sampler.by_group()
+    child_group = _common.process_group([sys.executable, "-c", "..."], "python")
+    assert 0.8 <= groups[child_group] <= 1.6, groups
+    assert groups.get("driver", 0.0) < 1.0, groups
+    assert _common.process_group(["ray::ClipModelActor.embed_rows"], "x") == "ray::ClipModelActor"
+    title = "ray::MapWorker(MapBatches(Captioner)).submit"
+    assert _common.process_group([title], "x") == "ray::MapWorker(MapBatches(Captioner))"

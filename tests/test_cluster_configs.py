@@ -661,8 +661,11 @@ def rayservice_problems(service: dict[str, Any], pyproject: dict[str, Any]) -> P
         problems.append("must be a ray.io/v1 RayService")
     spec = service.get("spec", {})
     serve_config = yaml.safe_load(spec.get("serveConfigV2") or "{}") or {}
-    if serve_config != yaml.safe_load(SERVE_VLLM_YAML.read_text()):
-        problems.append("serveConfigV2 must equal deployments/llm_vllm.yaml")
+    expected = yaml.safe_load(SERVE_VLLM_YAML.read_text())
+    # The shipped yaml binds loopback; in the pod the Kubernetes Service must reach the proxy.
+    expected["http_options"] = {**expected["http_options"], "host": "0.0.0.0"}
+    if serve_config != expected:
+        problems.append("serveConfigV2 must equal deployments/llm_vllm.yaml (host 0.0.0.0)")
     try:
         ServeDeploySchema.model_validate(serve_config)
     except ValidationError as exc:

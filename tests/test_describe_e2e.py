@@ -105,6 +105,9 @@ def check_run_folder(run_dir: Path, *, n_a: int, n_b: int, num_rounds: int) -> d
 
     assert stats["images"]["a"]["ranked"] == n_a and stats["images"]["b"]["ranked"] == n_b
     assert set(stats["seconds"]) >= {"load_inputs", "caption", "propose", "embed_images", "rank"}
+    startup = stats["startup_seconds"]  # per stage: start to first output (actors, model loads)
+    assert startup["ray"] >= 0 and startup["clip_actors"]["model_load"] > 0
+    assert 0 < startup["first_output"]["embed_images"] <= stats["seconds"]["embed_images"]
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") >= 2
     # "ranked": the rows more true of A (the paper's list); "ranked_b": the reverse direction.

@@ -177,6 +177,31 @@ def test_materialize_with_progress_counts_every_row_and_reads_twice(ray_session)
     assert lines[-1].startswith("double: done, 300 images in ")
 
 
+def test_a_timed_stage_records_its_first_output_on_its_own_thread(ray_session):
+    import threading
+    import time
+
+    import ray.data
+
+    from visdiff.timing import StageTimer, note_first_output
+
+    timer = StageTimer()
+    note_first_output()  # outside any timed stage: nothing to record
+    with timer("outer"):
+        time.sleep(0.05)
+        with timer("stream"):
+            ds = ray.data.from_items([{"x": i} for i in range(20)], override_num_blocks=4)
+            materialize_with_progress(ds, "stream", bar=False, emit=lambda line: None)
+        note_first_output()  # "outer" produced something after 0.05 s
+        other = threading.Thread(target=note_first_output)  # another thread: not this stage
+        other.start()
+        other.join()
+    firsts, seconds = timer.first_output(), timer.as_dict()
+    assert set(firsts) == {"outer", "stream"}
+    assert 0 < firsts["stream"] <= seconds["stream"]
+    assert 0.05 <= firsts["outer"] <= seconds["outer"]
+
+
 def test_materialize_with_progress_counts_shards_and_respects_limits(ray_session):
     import ray.data
 

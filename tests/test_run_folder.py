@@ -15,6 +15,7 @@ import boto3
 import pytest
 from PIL import Image
 
+from tests.nonroot import run_unprivileged
 from tests.openai_standin import serve_standin
 from visdiff.errors import ConfigError, InputError, LLMError
 from visdiff.report.writers import RunFolder
@@ -136,10 +137,9 @@ def test_an_unreachable_s3_endpoint_is_a_one_line_input_error(monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_an_unlistable_local_folder_is_an_input_error(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads any folder")
-    locked = tmp_path / "locked"
+def _check_unlistable_folder(root: Path) -> None:
+    """Run as a user that mode bits bind (see tests/nonroot.py)."""
+    locked = root / "locked"
     locked.mkdir()
     locked.chmod(0)
     try:
@@ -147,6 +147,10 @@ def test_an_unlistable_local_folder_is_an_input_error(tmp_path):
             RunFolder(str(locked)).check_unused(overwrite=False)
     finally:
         locked.chmod(0o700)
+
+
+def test_an_unlistable_local_folder_is_an_input_error(tmp_path):
+    run_unprivileged(_check_unlistable_folder, tmp_path)
 
 
 # ---------------------------------------------------------------- through the command line

@@ -534,3 +534,49 @@ def test_deployment_yaml_is_a_serve_config(path: Path) -> None:
 def test_deployment_yamls_cover_each_size() -> None:
     names = {p.name for p in DEPLOYMENTS.glob("*.yaml")}
     assert {"llm_tiny.yaml", "llm_cpu.yaml", "llm_vllm.yaml"} <= names
+
+
+def _exposure_problem(config: dict) -> str | None:
+    """Why a Serve config lets anyone who reaches its port use the model, or None. Beyond
+    loopback every app must check a key itself: only engine transformers can (args.api_key_sha256);
+    Ray Serve LLM's OpenAI app (engine vllm) has no such option."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from visdiff.config import is_loopback_host
+    from visdiff.serving.args import LLMAppArgs
+
+    schema = ServeDeploySchema.model_validate(config)
+    host = schema.http_options.host  # left out, Serve listens on every interface
+    if is_loopback_host(host):
+        return None
+    for app in schema.applications:
+        args = LLMAppArgs.model_validate(app.args)
+        if args.engine != "transformers" or args.api_key_sha256 is None:
+            return f"app {app.name} listens on {host!r} with no API key (engine {args.engine})"
+    return None
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOYMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_deployment_yaml_binds_loopback_or_checks_a_key(path: Path) -> None:
+    assert _exposure_problem(yaml.safe_load(path.read_text())) is None
+
+
+def test_deployment_yaml_exposure_rule_catches_open_binds() -> None:
+    vllm = yaml.safe_load((DEPLOYMENTS / "llm_vllm.yaml").read_text())
+    tiny = yaml.safe_load((DEPLOYMENTS / "llm_tiny.yaml").read_text())
+    for host in ("0.0.0.0", "::", "10.0.0.5", "llm.internal"):
+        assert "no API key" in _exposure_problem({**vllm, "http_options": {"host": host}})
+    assert "no API key" in _exposure_problem({k: v for k, v in vllm.items() if k != "http_options"})
+    keyed_vllm = [
+        {**app, "args": {**app["args"], "api_key_sha256": "0" * 64}} for app in vllm["applications"]
+    ]
+    assert "engine vllm" in _exposure_problem(
+        {**vllm, "http_options": {"host": "0.0.0.0"}, "applications": keyed_vllm}
+    )
+    open_tiny = {**tiny, "http_options": {"host": "0.0.0.0"}}
+    assert "no API key" in _exposure_problem(open_tiny)
+    keyed = [
+        {**app, "args": {**app["args"], "api_key_sha256": "0" * 64}} for app in tiny["applications"]
+    ]
+    assert _exposure_problem({**open_tiny, "applications": keyed}) is None
+    assert _exposure_problem({**vllm, "http_options": {"host": "::1"}}) is None

@@ -156,7 +156,9 @@ def _describe(
         if proposer.needs_captions:
             say(f"captioning samples (caption.source={config.caption.source})")
         captioning = background.submit(_caption_samples, plan, config, timer, proposer)
+        llm_started = time.perf_counter()
         with open_llm(config.llm) if _needs_llm(config) else nullcontext() as client:
+            llm_app_seconds = round(time.perf_counter() - llm_started, 3) if client else None
             ctx.client = _with_answer_cache(client, config)
             captioned = captioning.result()
             with timer("propose"):
@@ -183,6 +185,7 @@ def _describe(
             startup = {
                 "ray": ray_start.seconds,
                 "clip_actors": clip.startup_seconds() if clip else None,
+                "llm_app": llm_app_seconds,  # the client ready: Serve app deployed, or external
             }
             if config.propose.refine_rounds:
                 if ctx.client is None:
@@ -220,7 +223,9 @@ def _describe(
     }
     stats["llm_usage"] = usage  # calls, tokens, answers from the cache; null without an LLM
     stats["seconds"] = timer.as_dict()
-    stats["startup_seconds"] = startup  # Ray start; CLIP actors: creation to model loaded
+    # Ray start; CLIP actors: creation to model loaded; LLM app; per Ray Data stage, seconds
+    # from its start to its first output (its actors' processes, imports and model loads).
+    stats["startup_seconds"] = {**startup, "first_output": timer.first_output()}
     stats["total_seconds"] = round(time.perf_counter() - started, 3)
     folder.write_ranked(ranked)
     folder.write_json("stats.json", stats)

@@ -308,11 +308,15 @@ def materialize_with_progress(
     from ray.data._internal.logical.operators import InputData
     from ray.data.dataset import MaterializedDataset
 
+    from visdiff.timing import note_first_output
+
     reporter = ProgressReporter(stage, expected or expected_for(stage), **reporter_options)
     bundles_iter, stats, executor = ds._execute_to_iterator(capture_executor=False)
     kept = []
     try:
         for bundle in bundles_iter:
+            if not kept:
+                note_first_output()  # the stage's start-up ends here (stats.json)
             kept.append(
                 RefBundle(
                     blocks=bundle.blocks,

@@ -96,9 +96,16 @@ def scaling_options(args: LLMAppArgs) -> dict[str, Any]:
     return options
 
 
+# Seconds between Serve's health checks of a replica (Serve's default: 10). A lost replica is
+# replaced after about this long; meanwhile the client's retries wait in the proxy's queue, so a
+# short period turns a replica crash into seconds of delay instead of a failed attempt.
+HEALTH_CHECK_PERIOD_S = 2.0
+
+
 def deployment_options(args: LLMAppArgs) -> dict[str, Any]:
     """Serve deployment options for the transformers engine."""
     return {
         **scaling_options(args),
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
     }
