@@ -5,9 +5,9 @@ HTTP 500 from Serve's proxy at once; the openai SDK retries; a retry waits in th
 (no replica) until Serve's controller has noticed the death (its health check, every 2 s:
 visdiff.serving.args.HEALTH_CHECK_PERIOD_S) and started a new replica, and is answered there.
 So the run completes when the new replica is up before the client's last attempt ends, about
-2 x llm.timeout_s after the kill (3 attempts in all); with the default 300 s that is ten minutes. Else it fails with exit 5 within 3 x llm.timeout_s. Which of
-the two a small llm.timeout_s gives is a race with the replacement's start-up, so the test pins
-the one that holds: a budget (2 x 60 s) far above the replacement time (5-35 s here, quiet or
+2 x llm.timeout_s after the kill (3 attempts in all); with the default 300 s that is ten minutes.
+Else it fails with exit 5 within 3 x llm.timeout_s. Which of the two a small llm.timeout_s gives
+is a race with the replacement's start-up, so the test pins the one that holds: a budget (2 x 60 s) far above the replacement time (5-35 s here, quiet or
 busy 2-core machine).
 
 Deterministic kill: after the run logs "proposing:" (the launcher's own identity checks are
