@@ -16,6 +16,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from tests.openai_standin import manifest_run_argv, serve_standin
+from tests.replica_killer import KillDuring
 from visdiff import schema
 from visdiff.cli import main
 from visdiff.propose.parse import dedupe_hypotheses, parse_hypotheses
@@ -141,31 +142,42 @@ def _recompute_aurocs(set_a: Path, set_b: Path, hypotheses: list[str]) -> list[f
     return [roc_auc_score(labels, scores[:, j]) for j in range(len(hypotheses))]
 
 
-def test_describe_tiny_on_folders_with_serve_llm(
+def test_describe_tiny_on_folders_with_serve_llm_whose_replica_is_killed(
     ray_session, example_folders, tmp_path, serve_http_port, capsys
 ):
+    """The tiny preset end to end on the example folders with its own Serve LLM app, whose
+    replica is killed while the proposer's first requests are inside it (issue #11's fault
+    test: tests/replica_killer.py says what happens and why). Serve replaces it, the client's
+    retries reach the successor, and the run folder is complete and correct."""
     set_a, set_b = example_folders
     run_dir = tmp_path / "run"
-    code = main(
-        [
-            "describe",
-            "--config",
-            str(REPO / "configs" / "examples_folders.yaml"),
-            f"data.set_a={set_a}",
-            f"data.set_b={set_b}",
-            f"output_dir={run_dir}",
-            f"llm.http_port={serve_http_port}",
-            "propose.num_rounds=2",
-            "propose.num_samples=6",
-            "evaluate.top_k=3",
-            # Folder names are not descriptions: the judge grades only against given truth.
-            f"evaluate.ground_truth_a={GROUP_A}",
-            f"evaluate.ground_truth_b={GROUP_B}",
-        ]
-    )
-    assert code == 0
+    timeout_s = 60.0
+    with KillDuring("visdiff-llm") as kill:
+        code = main(
+            [
+                "describe",
+                "--config",
+                str(REPO / "configs" / "examples_folders.yaml"),
+                f"data.set_a={set_a}",
+                f"data.set_b={set_b}",
+                f"output_dir={run_dir}",
+                f"llm.http_port={serve_http_port}",
+                f"llm.timeout_s={timeout_s:g}",
+                "propose.num_rounds=2",
+                "propose.num_samples=6",
+                "evaluate.top_k=3",
+                # Folder names are not descriptions: the judge grades only against given truth.
+                f"evaluate.ground_truth_a={GROUP_A}",
+                f"evaluate.ground_truth_b={GROUP_B}",
+            ]
+        )
+    assert code == 0, capsys.readouterr().err
+    print(kill.assert_recovered(timeout_s))
     out = check_run_folder(run_dir, n_a=100, n_b=100, num_rounds=2)
     stats = out["stats"]
+    # Retries happen inside a call (the SDK's): no call failed, both rounds were answered.
+    assert stats["llm_usage"]["failed"] == 0 and stats["llm_usage"]["calls"] >= 2
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
     reasons = {s["uri"].rsplit("/", 1)[-1]: s["reason_code"] for s in stats["skipped"]}
     assert reasons == {"zz_corrupt.jpg": "truncated", "zz_not_an_image.png": "not_an_image"}
     assert stats["images"]["a"]["skipped"] == 1 and stats["images"]["b"]["skipped"] == 1
