@@ -18,6 +18,7 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 
 from tests.openai_standin import serve_standin
+from visdiff.cli import main
 from visdiff.config import RankConfig, load_config
 from visdiff.pipeline.describe import describe
 
@@ -113,7 +114,7 @@ def test_shards_on_s3_with_alt_text_and_results_on_s3(
     assert [r["hypothesis"] for r in ranked] == [r["hypothesis"] for r in result.ranked]
 
 
-def test_second_run_reuses_the_embedding_cache(ray_session, examples_dir, tmp_path):
+def test_second_run_reuses_the_embedding_cache(ray_session, examples_dir, tmp_path, capsys):
     cache_root = tmp_path / "cache"
     runs = []
     with serve_standin([ANSWER]) as standin:
@@ -142,6 +143,16 @@ def test_second_run_reuses_the_embedding_cache(ray_session, examples_dir, tmp_pa
     )
     # The captioner's outputs are cached too.
     assert any(p.name.startswith("caption-") for p in cache_root.iterdir())
+    # `visdiff embed` over the same images finds every embedding in the cache (jobs/embed.py runs
+    # this command on a cluster).
+    code = main(
+        ["embed", f"data.set_a={examples_dir / 'set_a'}", f"data.set_b={examples_dir / 'set_b'}",
+         "data.max_num_samples=40", f"cache.root={cache_root}", f"output_dir={tmp_path / 'embed'}"]
+    )  # fmt: skip
+    assert code == 0
+    embed_stats = json.loads((tmp_path / "embed" / "embed_stats.json").read_text())
+    assert embed_stats["cache"] == {"root": str(cache_root), "hits": 80, "misses": 0}
+    assert "80 already cached" in capsys.readouterr().out
 
 
 def _synthetic_embedded(n_a: int, n_b: int, dim: int, num_blocks: int, seed: int = 0):
