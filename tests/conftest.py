@@ -22,10 +22,16 @@ def _pick_port() -> int:
         return sock.getsockname()[1]
 
 
-# S3 tests talk to a real S3 API server (moto's server mode) on loopback. Its address and dummy
-# credentials are set before any Ray worker starts, so that workers inherit them too.
-S3_PORT = _pick_port()
-os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
+# S3 tests talk to a real S3 API server (moto's server mode) on loopback, through a proxy that
+# can throttle at a test's request (tests/slowdown_proxy.py; pass-through otherwise). The proxy's
+# address and dummy credentials are set before any Ray worker starts, so that workers inherit
+# them too, and a throttled run can use the session's warm workers.
+S3_PORT = _pick_port()  # moto
+S3_PROXY_PORT = _pick_port()  # the proxy in front of it: every S3 client's endpoint
+while S3_PROXY_PORT == S3_PORT:
+    S3_PROXY_PORT = _pick_port()
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PROXY_PORT}"
+os.environ.pop("AWS_ENDPOINT_URL_S3", None)  # would win over AWS_ENDPOINT_URL
 os.environ["AWS_ACCESS_KEY_ID"] = "visdiff-test"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "visdiff-test-secret"
 os.environ["AWS_REGION"] = "us-east-1"
@@ -113,33 +119,47 @@ def serve_http_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """moto's S3 server as a separate process on loopback; yields its endpoint URL."""
+def s3_proxy():
+    """moto's S3 server as a separate process on loopback, behind a pass-through SlowdownProxy
+    on the session's AWS_ENDPOINT_URL; yields the proxy (`with s3_proxy.throttle(every=3):`)."""
     import subprocess
     import sys
     import time
     import urllib.request
 
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    from tests.slowdown_proxy import running_proxy
+
+    upstream = f"http://127.0.0.1:{S3_PORT}"
     moto = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(S3_PORT)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while True:
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(upstream, timeout=1)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto S3 server did not start on {upstream}")
+                time.sleep(0.2)
+        with running_proxy(upstream, port=S3_PROXY_PORT) as proxy:
+            yield proxy
+    finally:
+        proc.terminate()
         try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto S3 server did not start on {endpoint}")
-            time.sleep(0.2)
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_proxy) -> str:
+    """The session's S3 endpoint URL (the proxy in front of moto)."""
+    return s3_proxy.endpoint
 
 
 @pytest.fixture

@@ -1,17 +1,18 @@
-"""A loopback HTTP proxy in front of an S3 API server that answers a fixed share of requests
+"""A loopback HTTP proxy in front of an S3 API server that can answer a fixed share of requests
 with S3's throttling error (HTTP 503, <Code>SlowDown</Code>), as a busy bucket does.
 
-Used as the S3 endpoint of a run (AWS_ENDPOINT_URL), it checks that the storage layer retries
-throttled requests and that a run's results do not depend on which requests were throttled:
+The test session's S3 endpoint (AWS_ENDPOINT_URL, set before Ray starts, so every Ray worker has
+it) is this proxy, relaying to moto unchanged; a test switches throttling on for a while without
+restarting anything, and the session's warm workers see it at once:
 
-    with slowdown_proxy("http://127.0.0.1:5000", every=3) as proxy:
-        ...  # point clients at proxy.endpoint
-    assert proxy.throttled > 0
+    with proxy.throttle(every=3):
+        ...  # a third of the session's S3 requests now get 503 SlowDown
+    assert proxy.throttled > 0  # counters cover the last throttle() block
 
 Which requests are throttled is decided by a counter, not by chance: every `every`-th request
 that is not itself a retry of a request throttled just before. A retried request is therefore
-never throttled twice in a row, so one retry always suffices (the test is about retrying at all
-and about results, not about how long a client keeps trying).
+never throttled twice in a row, so one retry always suffices (the tests are about retrying at
+all and about results, not about how long a client keeps trying).
 """
 
 from __future__ import annotations
@@ -41,32 +42,61 @@ _HOP_BY_HOP = {
     "expect",
     "content-length",
 }
+# Answers that carry no body and, for 204/1xx, must not carry Content-Length (RFC 9110 8.6).
+_NO_BODY_STATUS = {204, 304}
 
 
 @dataclass
 class SlowdownProxy:
     endpoint: str  # http://127.0.0.1:<port>, what clients use instead of the upstream
     upstream: str
-    every: int
-    requests: int = 0  # every request received, throttled ones included
+    every: int | None = None  # None: pass everything through
+    requests: int = 0  # requests received since the last throttle() began, throttled included
     throttled: int = 0  # answered 503 SlowDown
     methods: dict[str, int] = field(default_factory=dict)  # throttled requests per HTTP method
-    seen: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
+    seen: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of each request
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _counter: int = 0
     _just_throttled: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
+
+    def reset(self) -> None:
+        """Zero the counters (what a test reads covers its own requests only)."""
+        with self._lock:
+            self.requests = self.throttled = self._counter = 0
+            self.methods = {}
+            self.seen = []
+            self._just_throttled = set()
+
+    @contextmanager
+    def throttle(self, every: int = 3) -> Iterator[SlowdownProxy]:
+        """Answer every `every`-th request 503 SlowDown inside the block; counters start at
+        zero and stay readable after it; pass-through again on exit."""
+        if every < 2:
+            raise ValueError(f"every={every}: must be >= 2 (1 would throttle every first attempt)")
+        if self.every is not None:
+            raise RuntimeError("throttle() blocks do not nest: the proxy is already throttling")
+        self.reset()
+        self.every = every
+        try:
+            yield self
+        finally:
+            self.every = None
 
     def should_throttle(self, method: str, path: str, byte_range: str) -> bool:
         """Count the request; True when it is to be answered 503 SlowDown."""
         key = (method, path, byte_range)
         with self._lock:
             self.requests += 1
-            self.seen.append((method, path))
+            if len(self.seen) < 100_000:  # a whole session passes through: bounded memory
+                self.seen.append((method, path))
+            every = self.every
+            if every is None:
+                return False
             if key in self._just_throttled:  # the retry of a throttled request goes through
                 self._just_throttled.discard(key)
                 return False
             self._counter += 1
-            if self._counter % self.every:
+            if self._counter % every:
                 return False
             self._just_throttled.add(key)
             self.throttled += 1
@@ -99,35 +129,35 @@ def _handler(proxy: SlowdownProxy) -> type[BaseHTTPRequestHandler]:
                 parts.append(self.rfile.read(size))
                 self.rfile.readline()  # the CRLF after each chunk
 
+        def _answer(self, status: int, reason: str, headers: list[tuple[str, str]], data: bytes):
+            self.send_response(status, reason)
+            for name, value in headers:
+                if name.lower() not in _HOP_BY_HOP:
+                    self.send_header(name, value)
+            if self.command == "HEAD":  # no body, but the object's length as S3 sends it
+                length = dict((k.lower(), v) for k, v in headers).get("content-length", "0")
+                self.send_header("Content-Length", length)
+            elif status not in _NO_BODY_STATUS:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD" and status not in _NO_BODY_STATUS:
+                self.wfile.write(data)
+
         def _relay(self) -> None:
             body = self._body()  # read even when throttling: the connection stays usable
             if proxy.should_throttle(self.command, self.path, self.headers.get("Range", "")):
-                self.send_response(503)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(SLOWDOWN_BODY)))
-                self.send_header("Retry-After", "0")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(SLOWDOWN_BODY)
+                slowdown = [("Content-Type", "application/xml"), ("Retry-After", "0")]
+                head = [("Content-Length", str(len(SLOWDOWN_BODY)))]
+                self._answer(503, "Slow Down", slowdown + head, SLOWDOWN_BODY)
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
             connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
             try:
-                headers["Content-Length"] = str(len(body))
                 connection.request(self.command, self.path, body=body, headers=headers)
                 answer = connection.getresponse()
                 data = answer.read()
-                self.send_response(answer.status, answer.reason)
-                for name, value in answer.getheaders():
-                    if name.lower() not in _HOP_BY_HOP:
-                        self.send_header(name, value)
-                if self.command == "HEAD":  # no body, but the object's length as S3 sends it
-                    self.send_header("Content-Length", answer.getheader("Content-Length") or "0")
-                else:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                self._answer(answer.status, answer.reason, answer.getheaders(), data)
             finally:
                 connection.close()
 
@@ -137,13 +167,11 @@ def _handler(proxy: SlowdownProxy) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def slowdown_proxy(upstream: str, *, every: int = 3) -> Iterator[SlowdownProxy]:
-    """A proxy to `upstream` on a free loopback port, throttling every `every`-th request;
-    stopped (and its port closed) on exit."""
-    if every < 2:
-        raise ValueError(f"every={every}: must be >= 2 (1 would throttle every first attempt)")
-    proxy = SlowdownProxy(endpoint="", upstream=upstream, every=every)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
+def running_proxy(upstream: str, *, port: int = 0) -> Iterator[SlowdownProxy]:
+    """A pass-through proxy to `upstream` on loopback `port` (0: a free one) until exit, when
+    it stops and closes its port."""
+    proxy = SlowdownProxy(endpoint="", upstream=upstream)
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(proxy))
     server.daemon_threads = True
     proxy.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(

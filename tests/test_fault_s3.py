@@ -3,10 +3,9 @@ throttles (HTTP 503 SlowDown on a fixed share of requests) and whatever the bloc
 number of CLIP actors: the same capped images ranked, the same proposer samples, the same
 ranked.json.
 
-The baseline talks to moto directly. The throttled run needs every process of the run (the
-driver and the Ray workers that read the shards) to use the proxy as its S3 endpoint, and the
-session's workers took their environment when Ray started; so that run's driver is an actor
-whose runtime_env names the proxy, and the tasks and actors it starts inherit it.
+The session's S3 endpoint is a pass-through proxy in front of moto (tests/conftest.py), set
+before Ray started, so the driver and the session's warm Ray workers all use it; the throttled
+run switches its throttling on for its duration and runs in this process like the baseline.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from tests.slowdown_proxy import slowdown_proxy
+from tests.slowdown_proxy import SlowdownProxy
 from visdiff.config import load_config
 from visdiff.io import storage
 from visdiff.pipeline import graph
@@ -36,13 +35,12 @@ CAP = 14  # data.max_num_samples: fewer than either set, so the seeded choice ma
 
 
 def test_storage_retries_slowdown_on_reads_writes_and_listings(
-    s3_bucket: str, s3_server: str, monkeypatch: pytest.MonkeyPatch
+    s3_bucket: str, s3_proxy: SlowdownProxy
 ) -> None:
     """Ray-free: every other request throttled, and each object is still written, listed and
-    read back whole (a fresh bucket, so the storage layer makes a client for the proxy)."""
+    read back whole."""
     objects = {f"s3://{s3_bucket}/k/{i}.bin": bytes([i]) * (1000 + i) for i in range(3)}
-    with slowdown_proxy(s3_server, every=2) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    with s3_proxy.throttle(every=2) as proxy:
         for uri, data in objects.items():
             storage.write_bytes(uri, data)
         assert storage.list_files(f"s3://{s3_bucket}/k") == sorted(objects)
@@ -173,39 +171,16 @@ def _differences(got: Any, want: Any, path: str = "") -> list[str]:
     return [] if got == want else [f"{path}: {got!r} != {want!r}"]
 
 
-def _run_through(proxy_endpoint: str, overrides: list[str], rows_per_chunk: int) -> float:
-    """A describe run whose driver and workers all use `proxy_endpoint` as their S3 endpoint:
-    the driver is an actor with that runtime_env, which every task it starts inherits. Shard
-    rows come in blocks of `rows_per_chunk` (the driver's `graph.ROWS_PER_CHUNK`)."""
-    import ray
-
-    class Driver:  # defined here, so Ray ships it by value (workers cannot import tests/)
-        def run(self, overrides: list[str], rows_per_chunk: int) -> float:
-            from visdiff.config import load_config
-            from visdiff.pipeline.describe import describe
-
-            graph.ROWS_PER_CHUNK = rows_per_chunk
-            started = time.monotonic()
-            describe(load_config(None, overrides))
-            return time.monotonic() - started
-
-    env = {"AWS_ENDPOINT_URL": proxy_endpoint}
-    actor = ray.remote(num_cpus=0, runtime_env={"env_vars": env})(Driver).remote()
-    try:
-        return ray.get(actor.run.remote(overrides, rows_per_chunk), timeout=300)
-    finally:
-        ray.kill(actor)
-
-
 def test_throttled_s3_other_blocks_and_actors_give_the_same_results(
-    baseline, shard_sets, s3_server
+    baseline, shard_sets, s3_proxy: SlowdownProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One run against the baseline with every change the results must not depend on: a third
+    """One run against the baseline with every change the results must not depend on: a sixth
     of S3 requests answered 503 SlowDown, shard rows in blocks of 3 (not 256), two CLIP model
-    actors (not one) and CLIP batches of 4. (One run, not three: each costs ~30 s of suite.)"""
+    actors (not one) and CLIP batches of 4. (One run, not three: each costs seconds of suite.)"""
     overrides = _overrides(shard_sets, "throttled", "clip.num_actors=2", "clip.batch_size=4")
-    with slowdown_proxy(s3_server, every=3) as proxy:
-        seconds = _run_through(proxy.endpoint, overrides, rows_per_chunk=3)
+    monkeypatch.setattr(graph, "ROWS_PER_CHUNK", 3)
+    with s3_proxy.throttle(every=6) as proxy:
+        seconds = _describe(overrides)
     print(
         f"throttled: {seconds:.1f} s, {proxy.requests} requests, {proxy.throttled} throttled "
         f"{proxy.methods}"
@@ -213,7 +188,7 @@ def test_throttled_s3_other_blocks_and_actors_give_the_same_results(
     facts = _facts(shard_sets[0], "throttled")
     print(facts["raw"]["stats"]["seconds"])
     assert proxy.throttled > 0
-    # Both the shard reads (workers) and the run folder's writes (driver) went through it.
+    # Both the shard reads (workers) and the run folder's writes (driver) came while throttling.
     bucket = shard_sets[0]
     assert ("GET", f"/{bucket}/set_a/00000.tar") in {(m, p.split("?")[0]) for m, p in proxy.seen}
     assert any(m == "PUT" and f"/{bucket}/runs/throttled/" in p for m, p in proxy.seen)
