@@ -138,6 +138,13 @@ KINDS: dict[str, tuple[str, Callable[[int], bytes], str | None]] = {
 }
 
 
+MANIFEST_ODD = {
+    "a/gone.jpg": "missing",
+    "/etc/hostname": "absolute_path",
+    "../out.jpg": "outside_root",
+}
+
+
 def write_sets(root: Path) -> dict[str, dict[str, str | None]]:
     """Two folders of PER_SET files each, ODD_COUNT odd ones among them (every kind in both
     sets); returns {set: {file name: expected skip reason or None}}."""
@@ -172,6 +179,11 @@ def write_sets(root: Path) -> dict[str, dict[str, str | None]]:
         for name, files in expected.items()
         for file_name in files
     ]
+    # Rows the manifest's listing refuses before any image is read (counted all the same): a
+    # file that is not there, an absolute path and one escaping data.root.
+    for path, reason in MANIFEST_ODD.items():
+        lines.append(f"{path},a,{CAPTIONS['a']}")
+        expected["a"][Path(path).name] = reason
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     return expected
 
@@ -226,7 +238,8 @@ def test_ten_thousand_files_with_one_percent_odd_are_all_accounted_for(
     usable = {n: sum(1 for r in files.values() if r is None) for n, files in expected.items()}
     for name, files in expected.items():
         counts = stats["images"][name]
-        assert counts["listed"] == PER_SET == len(files), counts
+        extra = len(MANIFEST_ODD) if name == "a" else 0  # refused at listing, still listed
+        assert counts["listed"] == PER_SET + extra == len(files), counts
         assert counts["listed"] == counts["used"] + counts["skipped"], counts
         assert counts["used"] == usable[name], counts
         odd = {f: r for f, r in files.items() if r is not None}
