@@ -5,7 +5,6 @@ modes included) is embedded. A manifest gives the files captions, so no captione
 
 from __future__ import annotations
 
-import io
 import json
 import resource
 import struct
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.test_decode import encode
 from visdiff.cli import main
 from visdiff.sources.decode import ImageDecodeError, decode_image
 
@@ -25,12 +25,6 @@ PER_SET = 5_000
 ODD_COUNT = 100  # 1% of 10^4
 SIDE = 16
 CAPTIONS = {"a": "a photo of a red square", "b": "a photo of a blue circle"}
-
-
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format=fmt, **kwargs)
-    return out.getvalue()
 
 
 def _colour(seed: int) -> tuple[int, int, int]:
@@ -67,45 +61,45 @@ def bomb_png(seed: int) -> bytes:
 
 
 def truncated_jpeg(seed: int) -> bytes:
-    data = _encode(_noise(seed), "JPEG", quality=90)
+    data = encode(_noise(seed), "JPEG", quality=90)
     scan = data.index(b"\xff\xda")  # start of scan: the tables before it are most of the file
     return data[: (scan + len(data)) // 2]  # cut inside the entropy-coded pixel data
 
 
 def header_cut_jpeg(seed: int) -> bytes:
-    data = _encode(_noise(seed), "JPEG", quality=90)
+    data = encode(_noise(seed), "JPEG", quality=90)
     return data[: data.index(b"\xff\xda") - 40 - seed % 64]  # cut inside the tables
 
 
 def truncated_png(seed: int) -> bytes:
-    data = _encode(_noise(seed), "PNG")
+    data = encode(_noise(seed), "PNG")
     return data[: len(data) * 2 // 3]  # cut inside IDAT
 
 
 def cmyk_jpeg(seed: int) -> bytes:
-    return _encode(Image.new("CMYK", (SIDE, SIDE), (*_colour(seed), 0)), "JPEG")
+    return encode(Image.new("CMYK", (SIDE, SIDE), (*_colour(seed), 0)), "JPEG")
 
 
 def grey16_png(seed: int) -> bytes:
     values = np.full((SIDE, SIDE), 40_000 + seed, dtype=np.uint16)
-    return _encode(Image.fromarray(values), "PNG")
+    return encode(Image.fromarray(values), "PNG")
 
 
 def palette_alpha_png(seed: int) -> bytes:
     image = Image.new("P", (SIDE, SIDE), 1)
     image.putpalette([255, 255, 255, *_colour(seed), 0, 0, 0] + [0] * (253 * 3))
     image.putpixel((0, 0), 0)
-    return _encode(image, "PNG", transparency=0)  # index 0 transparent: palette + alpha
+    return encode(image, "PNG", transparency=0)  # index 0 transparent: palette + alpha
 
 
 def animated_gif(seed: int) -> bytes:
     frames = [Image.new("RGB", (SIDE, SIDE), _colour(seed + k)) for k in range(3)]
-    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
 
 
 def animated_png(seed: int) -> bytes:
     frames = [Image.new("RGB", (SIDE, SIDE), _colour(seed + k)) for k in range(3)]
-    return _encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=50)
+    return encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=50)
 
 
 def exif_rotated_jpeg(seed: int) -> bytes:
@@ -116,7 +110,7 @@ def exif_rotated_jpeg(seed: int) -> bytes:
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # 16 x 24, the red half on the left
     exif = Image.Exif()
     exif[0x0112] = 6
-    return _encode(stored, "JPEG", quality=95, exif=exif)
+    return encode(stored, "JPEG", quality=95, exif=exif)
 
 
 # kind -> (file suffix, bytes maker, reason code of its skip; None = usable, must be embedded)
@@ -152,8 +146,8 @@ def write_sets(root: Path) -> dict[str, dict[str, str | None]]:
     palette = [
         Image.new("RGB", (SIDE, SIDE), _colour(k * 1_234_567 % (1 << 24))) for k in range(16)
     ]
-    bases = [(_encode(im, "JPEG"), ".jpg") for im in palette]
-    bases += [(_encode(im, "PNG"), ".png") for im in palette]
+    bases = [(encode(im, "JPEG"), ".jpg") for im in palette]
+    bases += [(encode(im, "PNG"), ".png") for im in palette]
     kinds = list(KINDS)
     step = 2 * PER_SET // ODD_COUNT  # even: index parity picks the set (even a, odd b)
     in_b = [(i + i // len(kinds)) % 2 for i in range(ODD_COUNT)]  # each kind in both sets

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.slowdown_proxy import SlowdownProxy
+from tests.test_webscale_e2e import _webdataset_shard
 from visdiff.config import load_config
 from visdiff.io import storage
 from visdiff.pipeline import graph
@@ -54,18 +54,6 @@ def _captions(examples_dir: Path) -> dict[str, str]:
         return {row["path"]: row["caption"] for row in csv.DictReader(handle)}
 
 
-def _tar(photos: list[Path], captions: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for photo in photos:
-            caption = captions[f"{photo.parent.name}/{photo.name}"].encode()
-            for suffix, payload in (("jpg", photo.read_bytes()), ("txt", caption)):
-                info = tarfile.TarInfo(f"{photo.stem}.{suffix}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def shard_sets(examples_dir: Path, s3_server: str) -> tuple[str, str, str]:
     """(bucket, set_a, set_b): WebDataset shards with alt-text, on moto."""
@@ -78,7 +66,11 @@ def shard_sets(examples_dir: Path, s3_server: str) -> tuple[str, str, str]:
         photos = sorted((examples_dir / folder).glob("*.jpg"))[: shards * per_shard]
         for shard in range(shards):
             part = photos[shard * per_shard : (shard + 1) * per_shard]
-            s3.put_object(Bucket=bucket, Key=f"{folder}/{shard:05d}.tar", Body=_tar(part, captions))
+            s3.put_object(
+                Bucket=bucket,
+                Key=f"{folder}/{shard:05d}.tar",
+                Body=_webdataset_shard(part, [captions[f"{folder}/{p.name}"] for p in part]),
+            )
     set_a = f"s3://{bucket}/set_a/{{00000..{SHARDS_A - 1:05d}}}.tar"
     return bucket, set_a, f"s3://{bucket}/set_b/*.tar"
 
