@@ -1,4 +1,5 @@
-"""Content-addressed cache: key stability, append-only Parquet store on disk and on S3 (moto)."""
+"""Content-addressed cache: key stability, append-only Parquet store on disk and on S3 (moto),
+buffered writes (one file per bucket per flush; row and time bounds)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +147,7 @@ def test_round_trip_is_exact_and_layout_is_bucketed(tmp_path):
     hashes, embeddings = hashes_for(50), vectors(50, dim=16)
     cache = EmbeddingCache(str(tmp_path), "clip-test")
     assert cache.put(hashes, embeddings) == 50
+    assert cache.flush() == 50
 
     for path in data_files(tmp_path):
         rel = path.relative_to(tmp_path).parts
@@ -162,8 +166,8 @@ def test_round_trip_is_exact_and_layout_is_bucketed(tmp_path):
 
 
 def test_partial_hits_and_stats(tmp_path):
-    cache = EmbeddingCache(str(tmp_path), "clip-test")
-    cache.put(hashes_for(10), vectors(10))
+    with EmbeddingCache(str(tmp_path), "clip-test") as cache:
+        cache.put(hashes_for(10), vectors(10))
     found = EmbeddingCache(str(tmp_path), "clip-test").lookup(hashes_for(20))
     assert set(found) == set(hashes_for(10))
     fresh = EmbeddingCache(str(tmp_path), "clip-test")
@@ -177,6 +181,8 @@ def test_duplicate_puts_write_nothing(tmp_path):
     hashes, embeddings = hashes_for(30), vectors(30)
     cache = EmbeddingCache(str(tmp_path), "clip-test")
     assert cache.put(hashes, embeddings) == 30
+    assert cache.put(hashes, embeddings) == 0  # buffered rows count as present
+    cache.flush()
     files = data_files(tmp_path)
     assert cache.put(hashes, embeddings) == 0
     # Another actor that never looked these up still finds them before writing.
@@ -184,12 +190,14 @@ def test_duplicate_puts_write_nothing(tmp_path):
     # Repeats inside one call are written once.
     doubled = hashes_for(2, start=100) * 2
     assert cache.put(doubled, vectors(4)) == 2
+    cache.flush()
     assert len(data_files(tmp_path)) <= len(files) + 2
 
 
 def test_second_pass_reads_nothing_again(tmp_path):
     hashes = hashes_for(64)
-    EmbeddingCache(str(tmp_path), "clip-test").put(hashes, vectors(64))
+    with EmbeddingCache(str(tmp_path), "clip-test") as writer:
+        writer.put(hashes, vectors(64))
     actor = EmbeddingCache(str(tmp_path), "clip-test")
     for start in range(0, 64, 16):  # batches, as the embed stage calls it
         assert len(actor.lookup(hashes[start : start + 16])) == 16
@@ -205,10 +213,12 @@ def test_new_files_from_other_writers_are_seen(tmp_path):
     reader = EmbeddingCache(str(tmp_path), "clip-test")
     writer = EmbeddingCache(str(tmp_path), "clip-test")
     writer.put(hashes_for(5), vectors(5))
+    writer.flush()
     assert len(reader.lookup(hashes_for(6))) == 5
     read_before = reader.stats()["files_read"]
     new = hashes_for(1, start=5)
     writer.put(new, vectors(1, seed=1))
+    writer.flush()
     found = reader.lookup(hashes_for(6))
     assert set(found) == set(hashes_for(6))
     assert reader.stats()["files_read"] == read_before + 1  # only the new file is read
@@ -218,7 +228,8 @@ def test_relist_interval_trades_freshness_for_listings(tmp_path):
     reader = EmbeddingCache(str(tmp_path), "clip-test", relist_after_s=3600)
     new = hashes_for(1)
     assert reader.lookup(new) == {}
-    EmbeddingCache(str(tmp_path), "clip-test").put(new, vectors(1))
+    with EmbeddingCache(str(tmp_path), "clip-test") as writer:
+        writer.put(new, vectors(1))
     assert reader.lookup(new) == {}  # not re-listed within the interval: a miss, never wrong
     assert reader.stats()["lists"] == 1
     assert set(EmbeddingCache(str(tmp_path), "clip-test").lookup(new)) == set(new)
@@ -238,6 +249,7 @@ def test_concurrent_writers_in_threads(tmp_path):
                 hits = cache.lookup([hashes[i] for i in batch])
                 misses = [i for i in batch if hashes[i] not in hits]
                 cache.put([hashes[i] for i in misses], embeddings[misses])
+            cache.close()
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
 
@@ -263,6 +275,7 @@ emb = np.random.default_rng(0).standard_normal((120, 8)).astype(np.float32)
 cache = EmbeddingCache(root, "clip-test")
 for batch in np.array_split(np.random.default_rng(seed).permutation(120), 4):
     cache.put([hashes[i] for i in batch], emb[batch])
+cache.close()
 print(cache.stats()["rows_written"])
 """
 
@@ -293,6 +306,7 @@ def test_concurrent_writer_processes(tmp_path):
 def test_dimension_mismatch_raises(tmp_path):
     cache = EmbeddingCache(str(tmp_path), "clip-test")
     cache.put(hashes_for(4), vectors(4, dim=8))
+    cache.flush()
     with pytest.raises(ValueError, match="dimension 9"):
         cache.put(hashes_for(4, start=10), vectors(4, dim=9))
     with pytest.raises(ValueError, match="dimension 9"):  # a fresh actor checks stored rows
@@ -318,8 +332,8 @@ def test_invalid_hashes_and_keys_are_rejected(tmp_path):
 
 def test_killed_writer_leftovers_are_ignored(tmp_path, caplog):
     hashes = hashes_for(3)
-    cache = EmbeddingCache(str(tmp_path), "clip-test")
-    cache.put(hashes, vectors(3))
+    with EmbeddingCache(str(tmp_path), "clip-test") as cache:
+        cache.put(hashes, vectors(3))
     folder = tmp_path / "clip-test" / f"bucket={hashes[0][:2]}"
     (folder / ".0123.parquet.99.tmp").write_bytes(b"PAR1 half written")  # temp of a killed writer
     (folder / "00000000000000000000000000000000.parquet").write_bytes(b"")  # zero bytes
@@ -339,7 +353,8 @@ def test_killed_writer_leftovers_are_ignored(tmp_path, caplog):
 
 def test_many_hashes_across_all_buckets_and_lru_bound(tmp_path):
     hashes, embeddings = hashes_for(3000), vectors(3000, dim=4)
-    assert EmbeddingCache(str(tmp_path), "clip-test").put(hashes, embeddings) == 3000
+    with EmbeddingCache(str(tmp_path), "clip-test") as writer:
+        assert writer.put(hashes, embeddings) == 3000
     buckets = {p.parent.name for p in data_files(tmp_path)}
     assert len(buckets) == 256
 
@@ -365,6 +380,7 @@ def test_s3_round_trip_reuse_and_new_files(s3_bucket):
     hashes, embeddings = hashes_for(40), vectors(40, dim=32)
     first = EmbeddingCache(root, "clip-s3")
     assert first.put(hashes[:30], embeddings[:30]) == 30
+    first.flush()
 
     keys = [
         obj["Key"]
@@ -382,6 +398,7 @@ def test_s3_round_trip_reuse_and_new_files(s3_bucket):
     assert second.put(hashes[:30], embeddings[:30]) == 0
 
     first.put(hashes[30:], embeddings[30:])  # appears between the second actor's lookups
+    first.close()
     found = second.lookup(hashes)
     assert len(found) == 40 and np.array_equal(found[hashes[35]], embeddings[35])
     assert second.stats()["rows_written"] == 0
@@ -395,6 +412,7 @@ def test_caption_cache_round_trip(tmp_path):
     cache = CaptionCache(str(tmp_path), captioner_model_key(CaptionerConfig()))
     assert cache.put(hashes, captions) == 4
     assert cache.put(hashes, captions) == 0
+    cache.flush()
     found = CaptionCache(str(tmp_path), captioner_model_key(CaptionerConfig())).lookup(
         hashes_for(6)
     )
@@ -403,3 +421,90 @@ def test_caption_cache_round_trip(tmp_path):
     assert table.schema.field("caption").type == pa.string()
     with pytest.raises(ValueError, match="str"):
         cache.put(hashes_for(1, start=9), [3])
+
+
+# --- buffered writes --------------------------------------------------------------------------
+
+
+def wait_until(condition, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_puts_are_buffered_and_flushed_as_one_file_per_bucket(tmp_path):
+    hashes, embeddings = hashes_for(400), vectors(400)
+    cache = EmbeddingCache(str(tmp_path), "clip-test")
+    for start in range(0, 400, 16):  # 25 batches, as the embed stage puts them
+        assert cache.put(hashes[start : start + 16], embeddings[start : start + 16]) == 16
+    assert data_files(tmp_path) == []  # under both bounds: nothing written yet
+    assert cache.stats()["buffered_rows"] == 400
+    found = cache.lookup(hashes)  # this instance sees its buffer
+    assert all(np.array_equal(found[h], embeddings[i]) for i, h in enumerate(hashes))
+    assert not found[hashes[0]].flags.writeable
+    assert EmbeddingCache(str(tmp_path), "clip-test").lookup(hashes) == {}  # others do not
+
+    assert cache.flush() == 400 and cache.flush() == 0
+    buckets = {h[:2] for h in hashes}
+    files = data_files(tmp_path)
+    assert len(files) == len(buckets) == len({p.parent for p in files})  # one file per bucket
+    stats = cache.stats()
+    assert (stats["rows_written"], stats["files_written"], stats["buffered_rows"]) == (
+        400,
+        len(buckets),
+        0,
+    )
+    reread = EmbeddingCache(str(tmp_path), "clip-test").lookup(hashes)
+    assert all(np.array_equal(reread[h], embeddings[i]) for i, h in enumerate(hashes))
+    cache.close()
+
+
+def test_row_bound_flushes_in_the_background_and_inline_when_behind(tmp_path):
+    cache = EmbeddingCache(str(tmp_path), "clip-test", flush_rows=32, flush_after_s=3600)
+    cache.put(hashes_for(20), vectors(20))
+    assert data_files(tmp_path) == []
+    cache.put(hashes_for(20, start=20), vectors(20, seed=1))  # 40 >= 32: the timer writes
+    assert wait_until(lambda: cache.stats()["buffered_rows"] == 0)
+    assert cache.stats()["rows_written"] == 40
+    cache.close()
+    # Without a running timer (closed) a full buffer is written by put itself.
+    cache.put(hashes_for(70, start=100), vectors(70, seed=2))
+    assert cache.stats()["rows_written"] == 110 and cache.stats()["buffered_rows"] == 0
+
+
+def test_time_bound_flushes_an_idle_store(tmp_path):
+    def timers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "visdiff-cache-flush"}
+
+    before = timers()  # other tests' dropped stores may still have theirs for a moment
+    cache = EmbeddingCache(str(tmp_path), "clip-test", flush_after_s=0.2)
+    cache.put(hashes_for(3), vectors(3))
+    assert timers() - before
+    assert wait_until(lambda: len(data_files(tmp_path)) > 0)  # no further put, no close
+    assert len(EmbeddingCache(str(tmp_path), "clip-test").lookup(hashes_for(3))) == 3
+    cache.close()
+    assert not timers() - before  # close() stopped it
+
+
+def test_failed_flush_keeps_rows_for_the_next_one(tmp_path):
+    cache = EmbeddingCache(str(tmp_path), "clip-test", flush_after_s=3600)
+    cache.put(hashes_for(5), vectors(5))
+    blocker = tmp_path / "clip-test"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(OSError):
+        cache.flush()
+    assert cache.stats()["buffered_rows"] == 5 and len(cache.lookup(hashes_for(5))) == 5
+    blocker.unlink()
+    cache.close()
+    assert len(EmbeddingCache(str(tmp_path), "clip-test").lookup(hashes_for(5))) == 5
+
+
+def test_a_dropped_store_is_not_kept_alive_by_its_timer(tmp_path):
+    cache = EmbeddingCache(str(tmp_path), "clip-test", flush_after_s=0.05)
+    cache.put(hashes_for(2), vectors(2))
+    ref = weakref.ref(cache)
+    del cache
+    assert wait_until(lambda: ref() is None)

@@ -10,6 +10,13 @@ All byte access goes through `visdiff.io.storage`, local folders and object stor
 Each instance keeps the buckets it has read in memory, bounded by an LRU on count and bytes, and
 re-lists a bucket only when asked for a hash it does not hold, reading just the files it has not
 seen: an actor that reuses one instance across batches does not re-read the store each batch.
+
+Writes are buffered: `put` collects rows (visible to this instance's `lookup` at once) and a flush
+writes ONE file per touched bucket when the buffer holds `flush_rows` rows, when its oldest row is
+`flush_after_s` old (checked on each put and by a daemon timer, so an idle actor flushes too), and
+on `flush()` / `close()`. One file per bucket per batch made thousands of tiny files (one object
+store PUT each) per 10^4 images; a killed process loses at most the last `flush_after_s` of rows,
+which the next run recomputes. Holders must call `close()` (or `flush()`) before they go away.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +51,8 @@ _PREFIX_CHARS = {16: 1, 256: 2, 4096: 3}  # num_buckets -> hex chars of the hash
 _HEX = re.compile(r"[0-9a-f]+")
 _MODEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ROW_OVERHEAD = 120  # rough bytes of Python objects per cached row (dict slot, str, array view)
+FLUSH_ROWS = 4096  # buffered rows that trigger a flush
+FLUSH_AFTER_S = 5.0  # age of the oldest buffered row that triggers a flush (the loss window)
 
 
 def _visible(name: str) -> bool:
@@ -66,6 +76,29 @@ class _FileRows:
     nbytes: int
 
 
+@dataclass
+class _Pending:
+    """Rows of one bucket waiting for the next flush (hash -> value in put order)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+def _flush_timer(ref: weakref.ref[_ParquetStore], wake: threading.Event) -> None:
+    """Daemon loop: flush the store's buffer when its oldest row is due. Holds the store only
+    weakly, so a store dropped without `close()` does not live on through its timer."""
+    while True:
+        store = ref()
+        if store is None:
+            return
+        delay = store._timer_tick()
+        del store
+        if delay is None:  # closed
+            return
+        wake.wait(delay)
+        wake.clear()
+
+
 class _ParquetStore:
     """Shared machinery; subclasses define the value column and its conversions."""
 
@@ -81,6 +114,8 @@ class _ParquetStore:
         max_cached_bytes: int = 512 * 1024 * 1024,
         relist_after_s: float = 0.0,
         io_threads: int = 16,
+        flush_rows: int = FLUSH_ROWS,
+        flush_after_s: float = FLUSH_AFTER_S,
     ) -> None:
         """Open (lazily; nothing is read here) the entries of `model_key` under `root`.
 
@@ -90,7 +125,8 @@ class _ParquetStore:
         re-listed for an unknown hash at most every `relist_after_s` seconds (0: every time; a
         larger value saves object-store LIST calls at the price of missing rows that other
         actors wrote meanwhile, which are then recomputed, never wrong). `io_threads` bounds
-        parallel listings, reads and writes.
+        parallel listings, reads and writes. `put` rows are written when `flush_rows` are
+        buffered or the oldest is `flush_after_s` old (1 and 0: write on every put).
         """
         if num_buckets not in _PREFIX_CHARS:
             raise ValueError(f"num_buckets={num_buckets}: use one of {sorted(_PREFIX_CHARS)}")
@@ -113,6 +149,17 @@ class _ParquetStore:
         self._bad_files: set[str] = set()
         self._lock = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._flush_rows = max(1, flush_rows)
+        self._flush_after_s = max(0.0, flush_after_s)
+        self._pending: dict[str, _Pending] = {}  # bucket -> rows not yet handed to a flush
+        self._flushing: dict[str, _Pending] = {}  # rows being written now (still looked up)
+        self._pending_rows = 0
+        self._pending_since: float | None = None  # monotonic time of the oldest pending row
+        self._flush_lock = threading.Lock()  # one flush at a time, outside `_lock` for the I/O
+        self._timer: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
         self._stats = dict.fromkeys(
             ("hits", "misses", "rows_written", "files_written", "files_read", "bytes_read"), 0
         )
@@ -128,8 +175,12 @@ class _ParquetStore:
         """Validate and normalise the values given to `put` (ValueError on bad input)."""
         raise NotImplementedError
 
-    def _take(self, values: Any, rows: list[int]) -> tuple[pa.Array, list[Any], int]:
-        """(Arrow column, per-row cached values, their bytes) for the selected rows."""
+    def _rows(self, values: Any, rows: list[int]) -> tuple[list[Any], int]:
+        """Per-row cached values of the selected rows (cheap: views), and their bytes."""
+        raise NotImplementedError
+
+    def _column(self, values: list[Any]) -> pa.Array:
+        """The value column of one data file, from per-row values as `_rows` gives them."""
         raise NotImplementedError
 
     def _check_compatible(self, values: list[Any], source: str) -> None:
@@ -137,9 +188,13 @@ class _ParquetStore:
 
     # --- public API -----------------------------------------------------------------------
     def lookup(self, hashes: Sequence[str]) -> dict[str, Any]:
-        """{hash: value} for the given hashes that are in the store; misses are left out."""
+        """{hash: value} for the given hashes that are in the store or in this instance's
+        write buffer; misses are left out."""
         groups = self._group(hashes)
         with self._lock:
+            requested = sum(len(wanted) for wanted in groups.values())
+            found = self._buffered(groups)
+            groups = {n: w - found.keys() for n, w in groups.items() if w - found.keys()}
             now = time.monotonic()
             stale = [
                 name
@@ -148,20 +203,20 @@ class _ParquetStore:
                 and now - self._bucket(name).listed_at >= self._relist_after_s
             ]
             self._refresh(stale)
-            found: dict[str, Any] = {}
             for name, wanted in groups.items():
                 values = self._bucket(name).values
                 found.update((h, values[h]) for h in wanted if h in values)
                 self._buckets.move_to_end(name)
-            requested = sum(len(wanted) for wanted in groups.values())
             self._count(hits=len(found), misses=requested - len(found))
             self._evict()
         return found
 
     def put(self, hashes: Sequence[str], values: Any) -> int:
-        """Store values for hashes the store lacks, one new file per touched bucket.
+        """Add values for hashes the store lacks to the write buffer (flushed as one new file per
+        touched bucket; see the module docstring).
 
-        Returns the number of rows written (0 when every hash is already present).
+        Returns the number of new rows taken (0 when every hash is already present). A flush
+        that this call triggers and that fails raises; its rows stay buffered for the next one.
         """
         hashes = list(hashes)
         values = self._prepare(values, len(hashes))
@@ -177,47 +232,188 @@ class _ParquetStore:
             # that duplicates are skipped and incompatible values are caught.
             self._refresh([name for name in groups if name not in self._buckets])
             self._check_compatible([values[rows[0]] for rows in groups.values()], "put()")
-            writes: list[tuple[str, list[int]]] = []
+            taken = 0
             for name, rows in groups.items():
                 known = self._bucket(name).values
-                rows = [row for row in rows if hashes[row] not in known]
-                if rows:
-                    writes.append((name, rows))
-            pending: list[tuple[str, _FileRows]] = []
-            uploads: list[tuple[str, bytes]] = []
-            for name, rows in writes:
-                column, cached, nbytes = self._take(values, rows)
-                rows_hashes = [hashes[row] for row in rows]
-                file_name = f"{uuid.uuid4().hex}{_SUFFIX}"
-                path = f"{self._folder(name)}/{file_name}"
-                uploads.append((path, self._encode(rows_hashes, column)))
-                pending.append((name, _FileRows(file_name, rows_hashes, cached, nbytes)))
-            self._map(storage.write_bytes, uploads)
-            for name, rows in pending:
-                self._merge(name, [rows])
-            written = sum(len(rows.hashes) for _, rows in pending)
-            self._count(rows_written=written, files_written=len(pending))
+                buffered = self._buffered({name: {hashes[row] for row in rows}})
+                rows = [
+                    row for row in rows if hashes[row] not in known and hashes[row] not in buffered
+                ]
+                if not rows:
+                    continue
+                cached, nbytes = self._rows(values, rows)
+                pending = self._pending.setdefault(name, _Pending())
+                pending.values.update(zip((hashes[row] for row in rows), cached, strict=True))
+                pending.nbytes += nbytes
+                taken += len(rows)
+            if taken:
+                if self._pending_since is None:  # the oldest row: (re)arm the timer for it
+                    self._pending_since = time.monotonic()
+                    self._start_timer()
+                self._pending_rows += taken
             self._evict()
-        return written
+            due = self._due()
+            # The timer thread writes (the caller goes on computing); the caller writes itself
+            # only when the buffer outgrows twice its bound (writes cannot keep up) or has no
+            # timer.
+            inline = due and (not self._timer_alive() or self._pending_rows >= 2 * self._flush_rows)
+        if inline:
+            self.flush()
+        elif due:
+            self._wake.set()
+        return taken
+
+    def flush(self) -> int:
+        """Write every buffered row now, one file per bucket; returns the rows written.
+
+        Lookups go on meanwhile (the rows in flight stay visible). On failure the rows go back
+        to the buffer and the error is raised.
+        """
+        with self._flush_lock:
+            with self._lock:
+                if not self._pending:
+                    return 0
+                batch = self._flushing = self._pending
+                self._pending, self._pending_rows, self._pending_since = {}, 0, None
+            try:
+                written = self._write(batch)
+            except BaseException:
+                with self._lock:
+                    for name, rows in self._pending.items():  # put meanwhile: after the old
+                        self._add_pending(batch, name, rows)
+                    self._pending, self._flushing = batch, {}
+                    self._pending_rows = sum(len(p.values) for p in batch.values())
+                    self._pending_since = time.monotonic()
+                raise
+            with self._lock:
+                for name, rows in written:
+                    self._merge(name, [rows])
+                self._flushing = {}
+                rows_written = sum(len(rows.hashes) for _, rows in written)
+                self._count(rows_written=rows_written, files_written=len(written))
+                self._evict()
+        return rows_written
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: hits, misses, rows_written, files_written, files_read,
-        bytes_read, lists (directory listings), bad_files, cached_buckets, cached_bytes."""
+        bytes_read, lists (directory listings), bad_files, cached_buckets, cached_bytes,
+        buffered_rows (taken by put, not yet written)."""
         with self._lock, self._stats_lock:
             return {
                 **self._stats,
                 "cached_buckets": len(self._buckets),
                 "cached_bytes": self._cached_bytes,
+                "buffered_rows": self._pending_rows
+                + sum(len(p.values) for p in self._flushing.values()),
             }
 
     def close(self) -> None:
-        """Stop the I/O threads (the store stays usable; they restart on demand)."""
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+        """Flush the buffer, then stop the flush timer and the I/O threads (the store stays
+        usable; they restart on demand). A failed flush raises once the threads are stopped."""
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                timer, self._timer = self._timer, None
+            self._wake.set()
+            if timer is not None and timer is not threading.current_thread():
+                timer.join()
+            with self._flush_lock, self._lock:  # no listing, read or write is using the pool
+                self._closed = False
+                with self._pool_lock:
+                    pool, self._pool = self._pool, None
+                if pool is not None:
+                    pool.shutdown(wait=True)
+
+    def __enter__(self) -> _ParquetStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- internals ------------------------------------------------------------------------
+    def _buffered(self, groups: dict[str, set[str]]) -> dict[str, Any]:
+        """{hash: value} of the wanted hashes that wait in the buffer or are being flushed."""
+        found: dict[str, Any] = {}
+        for buffer in (self._pending, self._flushing):
+            for name, wanted in groups.items():
+                rows = buffer.get(name)
+                if rows is not None:
+                    found.update((h, rows.values[h]) for h in wanted if h in rows.values)
+        return found
+
+    @staticmethod
+    def _add_pending(into: dict[str, _Pending], name: str, rows: _Pending) -> None:
+        target = into.setdefault(name, _Pending())
+        target.values.update(rows.values)
+        target.nbytes += rows.nbytes
+
+    def _due(self) -> bool:
+        """Whether the buffer is full or its oldest row is `flush_after_s` old."""
+        if self._pending_since is None:
+            return False
+        return (
+            self._pending_rows >= self._flush_rows
+            or time.monotonic() - self._pending_since >= self._flush_after_s
+        )
+
+    def _timer_alive(self) -> bool:
+        return self._timer is not None and self._timer.is_alive()
+
+    def _start_timer(self) -> None:
+        """Start the daemon flush timer on the first buffered row (an idle store has none, and
+        a store that flushes on every put needs none)."""
+        if self._flush_after_s <= 0 or self._flush_rows <= 1:
+            return
+        if self._timer_alive():
+            self._wake.set()  # re-arm it for the new oldest row
+            return
+        self._timer = threading.Thread(
+            target=_flush_timer,
+            args=(weakref.ref(self), self._wake),
+            name="visdiff-cache-flush",
+            daemon=True,
+        )
+        self._timer.start()
+
+    def _timer_tick(self) -> float | None:
+        """One timer step: flush when due; seconds until the next check (None: stop)."""
+        with self._lock:
+            if self._closed:
+                return None
+            due = self._due()
+        if due:
+            try:
+                self.flush()
+            except Exception as exc:  # kept buffered; the next tick, put or close retries
+                logger.warning(
+                    "cache flush to %s failed; %d rows stay buffered for a retry (%s: %s)",
+                    self._model_dir,
+                    self._pending_rows,
+                    type(exc).__name__,
+                    exc,
+                )
+                return max(self._flush_after_s, 1.0)
+        with self._lock:
+            if self._pending_since is None:
+                return max(self._flush_after_s, 1.0)
+            return max(self._pending_since + self._flush_after_s - time.monotonic(), 0.01)
+
+    def _write(self, batch: dict[str, _Pending]) -> list[tuple[str, _FileRows]]:
+        """One new data file per bucket of `batch`, encoded and written in the I/O threads."""
+        files = [(name, f"{uuid.uuid4().hex}{_SUFFIX}", rows) for name, rows in batch.items()]
+
+        def write_one(name: str, file_name: str, rows: _Pending) -> None:
+            data = self._encode(list(rows.values), self._column(list(rows.values.values())))
+            storage.write_bytes(f"{self._folder(name)}/{file_name}", data)
+
+        self._map(write_one, files)
+        return [
+            (name, _FileRows(file_name, list(rows.values), list(rows.values.values()), rows.nbytes))
+            for name, file_name, rows in files
+        ]
+
     def _encode(self, hashes: list[str], column: pa.Array) -> bytes:
         """One data file's bytes: hashes, values and a write timestamp (for humans and GC)."""
         created = pa.array([datetime.now(UTC)] * len(hashes), pa.timestamp("ms", tz="UTC"))
@@ -268,9 +464,13 @@ class _ParquetStore:
         latency dominates)."""
         if len(items) <= 1:
             return [function(*item) for item in items]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._io_threads, thread_name_prefix="visdiff-cache")
-        return list(self._pool.map(lambda item: function(*item), items))
+        with self._pool_lock:  # the flush timer and the caller's thread both get here
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self._io_threads, thread_name_prefix="visdiff-cache"
+                )
+            pool = self._pool
+        return list(pool.map(lambda item: function(*item), items))
 
     def _count(self, **amounts: int) -> None:
         with self._stats_lock:
@@ -413,12 +613,15 @@ class EmbeddingCache(_ParquetStore):
                 "clip_model_key), or delete that cache folder if it holds stale entries"
             )
 
-    def _take(self, values: np.ndarray, rows: list[int]) -> tuple[pa.Array, list[Any], int]:
-        selected = values[rows]
-        column = pa.FixedSizeListArray.from_arrays(
-            pa.array(selected.reshape(-1), pa.float32()), selected.shape[1]
+    def _rows(self, values: np.ndarray, rows: list[int]) -> tuple[list[Any], int]:
+        # Read-only views of `_prepare`'s copy: buffering a row copies nothing.
+        return [values[row] for row in rows], len(rows) * values.shape[1] * values.itemsize
+
+    def _column(self, values: list[Any]) -> pa.Array:
+        matrix = np.stack(values)
+        return pa.FixedSizeListArray.from_arrays(
+            pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1]
         )
-        return column, list(selected), selected.nbytes
 
 
 class CaptionCache(_ParquetStore):
@@ -443,6 +646,9 @@ class CaptionCache(_ParquetStore):
             raise ValueError(f"captions must be str, got {bad[0]}")
         return captions
 
-    def _take(self, values: list[str], rows: list[int]) -> tuple[pa.Array, list[Any], int]:
+    def _rows(self, values: list[str], rows: list[int]) -> tuple[list[Any], int]:
         selected = [values[row] for row in rows]
-        return pa.array(selected, pa.string()), selected, sum(len(c) for c in selected)
+        return selected, sum(len(c) for c in selected)
+
+    def _column(self, values: list[Any]) -> pa.Array:
+        return pa.array(values, pa.string())

@@ -11,6 +11,7 @@ choice. Heavy imports happen inside the actors, so importing this module is chea
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,9 @@ from visdiff.stages.embed import ClipImageEmbedder, ClipPreprocessor, ClipTextEm
 from visdiff.stages.images import Batch
 
 CALLER_NUM_CPUS = 0.25  # the Ray Data stage that only hands batches to the model actors
+FLUSH_TIMEOUT_S = 30.0  # how long `ClipActors.stop` waits for the actors' cache writes
+
+logger = logging.getLogger(__name__)
 
 
 class ClipModelActor:
@@ -60,8 +64,10 @@ class ClipModelActor:
         }
 
     def embed_rows(self, batch: Batch) -> Batch:
-        if self._preprocessor is None:
-            self._preprocessor = ClipPreprocessor(self.clip_cfg, self.cache_root)
+        if self._preprocessor is None:  # one cache: lookups see the embeddings still buffered
+            self._preprocessor = ClipPreprocessor(
+                self.clip_cfg, self.cache_root, cache=self.embedder.cache
+            )
         out = self.embedder(self._preprocessor(batch))
         self.counts["rows"] += len(out[schema.EMBEDDING])
         return out
@@ -76,6 +82,11 @@ class ClipModelActor:
             self._text = ClipTextEmbedder(self.clip_cfg, bundle=self.embedder.bundle)
         self.counts["texts"] += len(texts)
         return self._text.embed(texts)
+
+    def flush_cache(self) -> int:
+        """Write the embeddings this actor's cache still buffers; returns the rows written.
+        Called before the actor is killed (`ClipActors.stop`)."""
+        return self.embedder.flush_cache()
 
     def served(self) -> dict[str, int]:
         """Image rows and texts this actor embedded, and how often it loaded the weights."""
@@ -112,6 +123,7 @@ class ClipActors:
     clip_cfg: ClipConfig
     handles: list[Any]
     created_at: float
+    cache_root: str | None = None  # set: the actors' buffered cache writes are flushed on stop
     _ready: list[Any] = field(default_factory=list)
     _startup: dict[str, float] | None = None
 
@@ -143,12 +155,46 @@ class ClipActors:
         self.startup_seconds()
         return np.asarray(ray.get(self.handles[0].embed_texts.remote(list(texts))), np.float32)
 
-    def stop(self) -> None:
+    def stop(self, *, flush: bool = True) -> None:
+        """Flush the actors' cache buffers (bounded wait) unless told not to, then kill them."""
         import ray
 
+        if flush and self.cache_root and self.handles:
+            self._flush_caches()
         for handle in self.handles:
             ray.kill(handle, no_restart=True)
         self.handles = []
+
+    def _flush_caches(self, timeout_s: float = FLUSH_TIMEOUT_S) -> int:
+        """Each actor writes its buffered embeddings; waits at most `timeout_s`. A failure or a
+        late actor is logged, never raised: those rows are recomputed by the next run."""
+        import ray
+
+        try:
+            refs = [handle.flush_cache.remote() for handle in self.handles]
+            ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        except Exception as exc:  # Ray going down: nothing more to save here
+            logger.warning("embedding cache flush not started (%s: %s)", type(exc).__name__, exc)
+            return 0
+        written = 0
+        for ref in ready:
+            try:
+                written += int(ray.get(ref))
+            except Exception as exc:
+                logger.warning(
+                    "a CLIP model actor could not write its buffered cache rows; they will be "
+                    "recomputed (%s: %s)",
+                    type(exc).__name__,
+                    str(exc).strip().splitlines()[-1] if str(exc).strip() else "",
+                )
+        if late:
+            logger.warning(
+                "%d CLIP model actor(s) did not write their buffered cache rows within %.0f s; "
+                "those rows will be recomputed",
+                len(late),
+                timeout_s,
+            )
+        return written
 
 
 @contextmanager
@@ -171,9 +217,13 @@ def clip_model_actors(
     handles = [
         remote.remote(clip_cfg, cache_root, load_model) for _ in range(max(1, clip_cfg.num_actors))
     ]
-    actors = ClipActors(clip_cfg, handles, created_at)
+    actors = ClipActors(clip_cfg, handles, created_at, cache_root=cache_root)
     actors._ready = [h.start_report.remote() for h in handles]
     try:
         yield actors
-    finally:
-        actors.stop()
+    except BaseException:
+        # Failing: kill at once (an actor's queued batches would delay a flush); its cache's
+        # timer has written all but the last few seconds of rows.
+        actors.stop(flush=False)
+        raise
+    actors.stop()

@@ -3,15 +3,24 @@ reusing (and filling) the caption cache when one is configured.
 
 The model loads once per actor in `__init__`; each batch costs one `generate` call. Rows whose
 image cannot be decoded get an empty caption and an ERROR instead of failing the batch.
+
+The caption cache buffers its writes (`visdiff.cache.store`). Ray Data's only end-of-actor hook for
+a callable class is its `__del__`, which it triggers on a graceful actor exit (the pool released
+after the dataset is consumed; not on a kill): `Captioner.__del__` flushes there, and the store's
+timer writes buffered captions within seconds otherwise (a killed actor loses at most those).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from visdiff import schema
 from visdiff.config import CaptionerConfig
 from visdiff.stages.images import Batch, decode_all, load_bytes, passthrough, strings
+
+logger = logging.getLogger(__name__)
 
 
 class Captioner:
@@ -59,3 +68,21 @@ class Captioner:
         out[schema.GENERATED_CAPTION] = np.array(captions, dtype=object)
         out[schema.ERROR] = strings(errors)
         return out
+
+    def close(self) -> None:
+        """Write the captions the cache still buffers (idempotent; failures raise)."""
+        cache = getattr(self, "cache", None)  # absent when __init__ failed
+        if cache is not None:
+            cache.close()
+
+    def __del__(self) -> None:
+        # Ray Data's teardown hook for map_batches classes (see the module docstring); never
+        # raises, as nothing could handle it here.
+        try:
+            self.close()
+        except Exception as exc:
+            logger.warning(
+                "caption cache: buffered captions not written (%s: %s); they will be recomputed",
+                type(exc).__name__,
+                exc,
+            )

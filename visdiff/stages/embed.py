@@ -12,13 +12,15 @@ Stage callables (no Ray needed; `Cls(clip_cfg)(batch)` on a numpy batch dict, as
 - `ClipTextEmbedder.embed`: texts -> unit vectors (hypotheses for ranking).
 
 A run serves all three from its CLIP model actors (`visdiff.pipeline.actors`). Heavy imports
-happen inside the callables, so importing this module is cheap.
+happen inside the callables, so importing this module is cheap. The cache buffers its writes
+(`visdiff.cache.store`): whoever holds a `ClipImageEmbedder` calls `flush_cache()` before it goes
+away; otherwise the store's timer writes them within seconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,8 +28,11 @@ from visdiff import schema
 from visdiff.config import ClipConfig
 from visdiff.stages.images import Batch, decode_all, load_bytes, passthrough, strings
 
+if TYPE_CHECKING:
+    from visdiff.cache.store import EmbeddingCache
 
-def _open_cache(clip_cfg: ClipConfig, cache_root: str | None):
+
+def _open_cache(clip_cfg: ClipConfig, cache_root: str | None) -> EmbeddingCache | None:
     if not cache_root:
         return None
     from visdiff.cache.keys import clip_model_key
@@ -40,13 +45,20 @@ class ClipPreprocessor:
     """Rows -> PIXELS (uint8 (n, 3, H, W), resized and cropped), ERROR, CONTENT_HASH and, for
     cache hits, CACHED_EMBEDDING (float32 bytes; b"" for misses). IMAGE_BYTES is dropped here."""
 
-    def __init__(self, clip_cfg: ClipConfig, cache_root: str | None = None) -> None:
+    def __init__(
+        self,
+        clip_cfg: ClipConfig,
+        cache_root: str | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> None:
+        """`cache`: an open cache to look up in (the embedder's, in one process: it also sees
+        the embeddings still buffered there); else one is opened on `cache_root`."""
         from visdiff.models.clip import build_pixel_transform, eval_preprocess_config
 
         self.transform = build_pixel_transform(clip_cfg)
         height, width = eval_preprocess_config(clip_cfg)["image_size"]
         self.shape = (3, int(height), int(width))
-        self.cache = _open_cache(clip_cfg, cache_root)
+        self.cache = cache if cache is not None else _open_cache(clip_cfg, cache_root)
 
     def __call__(self, batch: Batch) -> Batch:
         from visdiff.cache.keys import content_hash
@@ -92,6 +104,15 @@ class ClipImageEmbedder:
         self._bundle = None  # loaded on the first cache miss: a fully cached run never loads it
         self.model_loads = 0
         self.cache = _open_cache(clip_cfg, cache_root)
+
+    def flush_cache(self) -> int:
+        """Write the embeddings the cache still buffers (before this object goes away);
+        returns the rows written. Failures raise (one line, from the store)."""
+        if self.cache is None:
+            return 0
+        written = self.cache.flush()
+        self.cache.close()
+        return written
 
     @property
     def bundle(self):
