@@ -196,7 +196,7 @@ def run_sizes(sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]
     import numpy as np
 
     from visdiff.config import RankConfig
-    from visdiff.pipeline.graph import score_hypotheses
+    from visdiff.pipeline.graph import SCORE_BATCH_ROWS, score_hypotheses
 
     rank_cfg = RankConfig()
     rng = np.random.default_rng(args.seed)
@@ -210,8 +210,12 @@ def run_sizes(sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]
     with _common.local_ray(object_store_mb=store_mb) as ray_info:
         if not args.smoke:  # smoke timings prove nothing: no time spent on warming up
             # Untimed warm-up: Ray Data's first execution and worker imports are one-off costs.
-            warm = embedded_images(100, args.dim, 100, args.seed)
-            score_hypotheses(warm, hypotheses, text, rank_cfg)
+            # Past SCORE_BATCH_ROWS images, so that it runs the Ray path (scoring and fold
+            # tasks; the fold imports scipy.special) and not only the driver's fold; twice, as
+            # the fold task may land on another worker.
+            warm = embedded_images(SCORE_BATCH_ROWS, args.dim, args.rows_per_block, args.seed)
+            for _ in range(2):
+                score_hypotheses(warm, hypotheses, text, rank_cfg)
         for n in sizes:
             measured.append(_score_size(n, args, hypotheses, text, rank_cfg))
     runs = []

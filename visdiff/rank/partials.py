@@ -144,6 +144,27 @@ def _histograms(exact: list[np.ndarray], num_bins: int) -> np.ndarray:
     return hist
 
 
+# Elements of a block converted to float64 (the moments' precision) at a time: 1 MiB stays
+# in cache, where a float64 copy of the whole block (H x n, often 20+ MiB) would not.
+_MOMENT_ELEMENTS = 1 << 17
+
+
+def _moments(
+    picked: np.ndarray, threshold: float, mean: np.ndarray, m2: np.ndarray, above: np.ndarray
+) -> None:
+    """Per-row mean, sum of squared deviations and count above ``threshold`` of ``picked``
+    (H, n), written into the (H,) outputs; rows go through float64 a few at a time."""
+    h, n = picked.shape
+    step = max(1, _MOMENT_ELEMENTS // n)
+    for lo in range(0, h, step):
+        hi = min(h, lo + step)
+        centered = picked[lo:hi].astype(np.float64)  # moments from the input's own precision
+        mean[lo:hi] = centered.mean(axis=1)
+        above[lo:hi] = np.count_nonzero(centered > threshold, axis=1)
+        centered -= mean[lo:hi, None]
+        m2[lo:hi] = np.einsum("ij,ij->i", centered, centered)
+
+
 @dataclass
 class ScorePartials:
     """Sufficient statistics of the scores of both sets; index 0 is set A, 1 is set B.
@@ -294,13 +315,8 @@ class ScorePartials:
             n = picked.shape[1]
             count[i] = n
             exact.append(np.ascontiguousarray(picked, dtype=np.float32))
-            if n == 0:
-                continue
-            centered = picked.astype(np.float64)  # moments from the input's own precision
-            mean[i] = centered.mean(axis=1)
-            above[i] = np.count_nonzero(centered > threshold, axis=1)
-            centered -= mean[i][:, None]
-            m2[i] = np.einsum("ij,ij->i", centered, centered)
+            if n:
+                _moments(picked, threshold, mean[i], m2[i], above[i])
         if keep_exact:
             return cls(threshold, num_bins, exact_cap, count, mean, m2, above, None, exact)
         hist = _histograms(exact, num_bins)

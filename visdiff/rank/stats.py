@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
-from scipy import special
 
 __all__ = [
     "AurocTest",
@@ -32,10 +31,19 @@ __all__ = [
     "welch_t_from_moments",
 ]
 
-# Scores sorted per hypothesis block: ~2^21 keys (16 MiB of uint64) keep the temporaries of a
-# block small while the rows stay long enough for numpy's vectorised sort to run at full speed.
-_BLOCK_KEYS = 1 << 21
+# Scores sorted per hypothesis block: ~2^20 keys (4 MiB of uint32) keep a thread's temporaries
+# (~5 per key, reused from block to block) in cache while the rows stay long enough for numpy's
+# vectorised sort to run at full speed.
+_BLOCK_KEYS = 1 << 20
 _MAX_THREADS = 4  # sort blocks concurrently: numpy releases the GIL while sorting
+
+
+def _special():  # noqa: ANN202 - the scipy.special module
+    """scipy.special, imported on first use: ~0.25 s that the score stage's workers, which only
+    build partials, never need."""
+    from scipy import special
+
+    return special
 
 
 @dataclass(frozen=True)
@@ -199,28 +207,51 @@ def _auroc_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _auroc_rows_with_test(
     a: np.ndarray, b: np.ndarray, *, with_test: bool = True
 ) -> tuple[np.ndarray, AurocTest | None]:
-    """Exact AUROCs and, from the same sorted keys, the ``AurocTest`` of every row."""
+    """Exact AUROCs and, from the same sorted keys, the ``AurocTest`` of every row.
+
+    Each thread takes every ``threads``-th block of rows and keeps its own ``_Scratch``, so
+    the block-sized temporaries are allocated once per thread, not once per block.
+    """
     h, n = a.shape[0], a.shape[1] + b.shape[1]
     per_block = max(1, _BLOCK_KEYS // n)
     starts = range(0, h, per_block)
     out = np.empty(h, dtype=np.float64)
     tests = np.empty((3, h), dtype=np.float64)
-
-    def run(start: int) -> None:
-        stop = min(h, start + per_block)
-        keys = _sorted_keys(a[start:stop], b[start:stop])
-        out[start:stop], test = _statistics_of_keys(keys, a.shape[1], b.shape[1], with_test)
-        if test is not None:
-            tests[:, start:stop] = test
-
     threads = min(len(starts), _MAX_THREADS, os.cpu_count() or 1)
+
+    def run(first: int) -> None:
+        scratch = _Scratch()
+        for start in starts[first::threads]:
+            stop = min(h, start + per_block)
+            keys = _sorted_keys(a[start:stop], b[start:stop], scratch)
+            out[start:stop], test = _statistics_of_keys(
+                keys, a.shape[1], b.shape[1], with_test, scratch
+            )
+            if test is not None:
+                tests[:, start:stop] = test
+
     if threads <= 1:
-        for start in starts:
-            run(start)
+        run(0)
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(run, starts))
+            list(pool.map(run, range(threads)))
     return out, (AurocTest(out, *tests) if with_test else None)
+
+
+class _Scratch:
+    """Buffers that one thread reuses from block to block: a fresh block-sized array costs a
+    page fault per 4 KiB page on first touch, as much as the pass that fills it."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """An uninitialised C-contiguous ``shape`` array, the same memory on every call."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.size < size:
+            buffer = self._buffers[name] = np.empty(size, dtype)
+        return buffer[:size].reshape(shape)
 
 
 # Order-preserving bits of a float32: negative values flip every bit, the others the sign bit.
@@ -230,25 +261,29 @@ _KEY_OF_MINUS_ONE = np.uint32(0x407FFFFF)
 _KEY_OF_ONE = np.uint32(0xBF800000)
 
 
-def _order_bits(values: np.ndarray) -> np.ndarray:
-    """uint32 keys (in place over ``values``) that sort like the float32 values they replace."""
+def _order_bits(values: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """uint32 keys (in place over ``values``) that sort like the float32 values they replace;
+    ``scratch``: an int32 array of the same shape to use as the temporary."""
     bits = values.view(np.int32)
-    flip = bits >> 31
+    flip = np.right_shift(bits, 31, out=scratch)
     flip |= np.int32(-(2**31))
     bits ^= flip
     return bits.view(np.uint32)
 
 
-def _sorted_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _sorted_keys(a: np.ndarray, b: np.ndarray, scratch: _Scratch | None = None) -> np.ndarray:
     """(rows, n_a + n_b) keys sorted per row: float32 order << 1 | is_b, so ties put A first.
 
-    -0.0 becomes +0.0 first so that the two zeros tie, as they compare equal.
+    -0.0 becomes +0.0 first so that the two zeros tie, as they compare equal. The keys live
+    in ``scratch`` (valid until its next use) when given.
     """
+    scratch = scratch or _Scratch()
     n_a = a.shape[1]
-    values = np.empty((a.shape[0], n_a + b.shape[1]), dtype=np.float32)
+    shape = (a.shape[0], n_a + b.shape[1])
+    values = scratch.get("keys", shape, np.float32)
     np.add(a, np.float32(0.0), out=values[:, :n_a])
     np.add(b, np.float32(0.0), out=values[:, n_a:])
-    keys = _order_bits(values)
+    keys = _order_bits(values, scratch.get("work4", shape, np.uint32).view(np.int32))
     keys -= _KEY_OF_MINUS_ONE  # keys below -1 wrap around: one max() checks the range
     if keys.max() > _KEY_OF_ONE - _KEY_OF_MINUS_ONE:
         keys += _KEY_OF_MINUS_ONE
@@ -260,7 +295,7 @@ def _sorted_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _statistics_of_keys(
-    keys: np.ndarray, n_a: int, n_b: int, with_test: bool
+    keys: np.ndarray, n_a: int, n_b: int, with_test: bool, scratch: _Scratch | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Exact AUROC of each row of one block of sorted keys (see ``auroc_many``) and, with
     ``with_test``, its (p_greater, p_less, se) stacked as (3, rows); see ``_test_from_groups``.
@@ -268,11 +303,17 @@ def _statistics_of_keys(
     Array passes over the block, no Python per row: A precedes B inside ties, so the k-th A
     of a row, at position p_k, has exactly p_k - k B scores strictly below it. Those counts
     give U and both DeLong sums as if nothing tied; the few tie groups then correct them.
+    Block-sized temporaries come from ``scratch`` (see ``_Scratch``).
     """
+    scratch = scratch or _Scratch()
     rows, n = keys.shape
     one = keys.dtype.type(1)
-    flat_a = np.flatnonzero((keys & one) == 0)  # ascending, n_a per row
-    ties = _tie_groups(keys, flat_a, n_a)
+    flat = keys.reshape(-1)
+    work = scratch.get(f"work{keys.dtype.itemsize}", (rows * n,), keys.dtype)
+    mask = scratch.get("mask", (rows * n,), np.bool_)
+    np.equal(np.bitwise_and(flat, one, out=work), 0, out=mask)
+    flat_a = np.flatnonzero(mask)  # ascending, n_a per row
+    ties = _tie_groups(flat, n, flat_a, n_a, work, mask)
     below_b = flat_a.reshape(rows, n_a)  # becomes, in place, the B scores strictly below
     below_b -= np.arange(n_a)  # each A score (ascending per row): its position minus k
     below_b -= (np.arange(rows) * n)[:, None]
@@ -285,9 +326,11 @@ def _statistics_of_keys(
     # DeLong: sum over A of (B below + half the tied B)^2, and over B of (A above + half the
     # tied A)^2; the B sum follows from the A positions (summation by parts), as
     # sum_k gap_k (n_a - k)^2 = sum_k below_b_k (2 (n_a - k) - 1).
-    counts = below_b.astype(np.float64)
+    counts = scratch.get("counts", below_b.shape, np.float64)
+    np.copyto(counts, below_b)
     q_a = np.einsum("ij,ij->i", counts, counts)
-    q_b = counts @ (2.0 * (n_a - np.arange(n_a, dtype=np.float64)) - 1.0)
+    # einsum, not BLAS: a gemv here costs ~8x more (threads and all, for a single pass).
+    q_b = np.einsum("ij,j->i", counts, 2.0 * (n_a - np.arange(n_a, dtype=np.float64)) - 1.0)
     a, b = ties.a.astype(np.float64), ties.b.astype(np.float64)
     above = n_a - ties.a_before - a  # A above the group, for each of its B scores
     q_a += np.bincount(ties.row, a * (ties.b_before * b + 0.25 * b * b), rows)
@@ -315,22 +358,31 @@ class _TieGroups:
     b_before: np.ndarray
 
 
-def _tie_groups(keys: np.ndarray, flat_a: np.ndarray, n_a: int) -> _TieGroups:
-    """Tie groups of sorted keys; ``flat_a``: flat positions of the A keys (ascending).
+def _tie_groups(
+    flat: np.ndarray,
+    n: int,
+    flat_a: np.ndarray,
+    n_a: int,
+    work: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> _TieGroups:
+    """Tie groups of sorted keys, rows of ``n`` laid end to end in ``flat``; ``flat_a``: flat
+    positions of the A keys (ascending). ``work``/``mask``: scratch as large as ``flat``.
 
     Equal scores differ at most in the set bit (XOR <= 1); float32 scores of 10^5 images
     tie in a few hundred places per row, so the groups are handled as short flat arrays.
     """
-    rows, n = keys.shape
-    one = keys.dtype.type(1)
-    pair = np.flatnonzero((keys[:, 1:] ^ keys[:, :-1]) <= one)  # key j+1 ties key j
-    row, col = np.divmod(pair, n - 1)
-    first = row * n + col  # flat position of the earlier key of each tied pair
+    one = flat.dtype.type(1)
+    pairs = flat.size - 1
+    step = np.bitwise_xor(flat[1:], flat[:-1], out=None if work is None else work[:pairs])
+    first = np.flatnonzero(np.less_equal(step, one, out=None if mask is None else mask[:pairs]))
+    row, col = np.divmod(first, n)
+    inside = col != n - 1  # a pair across two rows is no tie
+    first, row, col = first[inside], row[inside], col[inside]  # key first + 1 ties key first
     opens = np.ones(first.size, dtype=bool)
-    opens[1:] = first[1:] != first[:-1] + 1  # runs never cross rows: rows are n apart
+    opens[1:] = first[1:] != first[:-1] + 1  # runs never cross rows: see ``inside``
     group = np.cumsum(opens) - 1
     start = first[opens]
-    flat = keys.reshape(-1)
     size = np.bincount(group, minlength=start.size) + 1
     b = (flat[start] & one).astype(np.int64)
     b += np.bincount(group, (flat[first + 1] & one).astype(np.int64), start.size).astype(np.int64)
@@ -350,8 +402,8 @@ def _mann_whitney_p(
         sigma = np.sqrt(n_a * n_b / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0))))
         mu = n_a * n_b / 2.0
         # All scores tied: sigma = 0, z = -inf, p = 1 (no evidence either way), as scipy.
-        p_greater = special.ndtr(-((u - mu - 0.5) / sigma))
-        p_less = special.ndtr(-((mu - u - 0.5) / sigma))
+        p_greater = _special().ndtr(-((u - mu - 0.5) / sigma))
+        p_less = _special().ndtr(-((mu - u - 0.5) / sigma))
     return np.clip(p_greater, 0, 1), np.clip(p_less, 0, 1)
 
 
@@ -458,7 +510,7 @@ def auroc_ci(
     level = _as_finite(level, "level")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    half = special.ndtri(0.5 + level / 2.0) * np.asarray(se, np.float64)
+    half = _special().ndtri(0.5 + level / 2.0) * np.asarray(se, np.float64)
     centre = np.asarray(auroc, np.float64)
     return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
@@ -467,22 +519,21 @@ def _welch(
     n_a: object, mean_a: object, var_a: object, n_b: object, mean_b: object, var_b: object
 ) -> tuple[np.ndarray, np.ndarray]:
     """(t, two-sided p) of Welch's test for arrays of validated moments (broadcast together):
-    ``scipy.stats.ttest_ind_from_stats`` with ``equal_var=False``, which takes deviations."""
-    # Imported here: scipy.stats takes ~0.7 s to import, and the score stage's workers, which
-    # only build partials, never need it.
-    from scipy.stats import ttest_ind_from_stats
-
+    the arithmetic of ``scipy.stats.ttest_ind_from_stats`` with ``equal_var=False`` (which
+    takes deviations, hence the sqrt and square), written out with ``scipy.special.stdtr``
+    because importing scipy.stats costs ~0.6 s in every fresh worker that finalizes."""
+    n_a, n_b = np.asarray(n_a, np.float64), np.asarray(n_b, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        result = ttest_ind_from_stats(
-            np.asarray(mean_a, np.float64),
-            np.sqrt(np.asarray(var_a, np.float64)),
-            np.asarray(n_a, np.float64),
-            np.asarray(mean_b, np.float64),
-            np.sqrt(np.asarray(var_b, np.float64)),
-            np.asarray(n_b, np.float64),
-            equal_var=False,
+        vn_a = np.sqrt(np.asarray(var_a, np.float64)) ** 2 / n_a
+        vn_b = np.sqrt(np.asarray(var_b, np.float64)) ** 2 / n_b
+        df = (vn_a + vn_b) ** 2 / (vn_a**2 / (n_a - 1) + vn_b**2 / (n_b - 1))
+        df = np.where(np.isnan(df), 1.0, df)  # both variances zero: any df, as scipy
+        t_stat = np.divide(
+            np.asarray(mean_a, np.float64) - np.asarray(mean_b, np.float64),
+            np.sqrt(vn_a + vn_b),
         )
-    return np.asarray(result.statistic, np.float64), np.asarray(result.pvalue, np.float64)
+        p_value = 2 * _special().stdtr(df, -np.abs(t_stat))
+    return np.asarray(t_stat, np.float64), np.asarray(p_value, np.float64)
 
 
 def welch_t_from_moments(
