@@ -34,9 +34,10 @@ class Captioner:
         self.cache = None
         if cache_root:
             from visdiff.cache.keys import captioner_model_key
-            from visdiff.cache.store import CaptionCache
+            from visdiff.cache.store import FLUSH_AFTER_S, CaptionCache
 
-            self.cache = CaptionCache(cache_root, captioner_model_key(captioner_cfg))
+            key = captioner_model_key(captioner_cfg)  # a listed bucket is not re-listed per miss
+            self.cache = CaptionCache(cache_root, key, relist_after_s=FLUSH_AFTER_S)
 
     def __call__(self, batch: Batch) -> Batch:
         from visdiff.cache.keys import content_hash
