@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster_nodes import LocalCluster
-from tests.openai_standin import serve_standin
+from tests.openai_standin import Delivery, serve_standin
 from visdiff import schema
 
 pytestmark = pytest.mark.e2e
@@ -238,6 +238,10 @@ def test_cache_survives_a_stopped_driver(cluster, examples_dir, proposer_answers
     manifest = examples_dir / "manifest.csv"
     cache = tmp_path / "cache"
     with serve_standin(proposer_answers) as llm:
+        # The first proposer answer trickles in (headers one byte a second): the run is still
+        # proposing, never finished, when its embeddings reach the cache (buffered: within
+        # the cache's flush interval) and the driver is stopped.
+        llm.deliver_next(Delivery(drip_s=1.0, drip_headers=True))
         first = submit(
             cluster,
             "jobs/describe.py",
