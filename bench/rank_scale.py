@@ -214,7 +214,7 @@ def run_sizes(sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]
         if not args.smoke:  # smoke timings prove nothing: no time spent on warming up
             # Untimed warm-up: Ray Data's first execution and worker imports are one-off costs.
             # Past SCORE_BATCH_ROWS images, so that it runs the Ray path (scoring and fold
-            # tasks; the fold imports scipy.special) and not only the driver's fold; twice, as
+            # tasks; the fold imports scipy.stats) and not only the driver's fold; twice, as
             # the fold task may land on another worker.
             warm = embedded_images(SCORE_BATCH_ROWS, args.dim, args.rows_per_block, args.seed)
             for _ in range(2):

@@ -519,21 +519,22 @@ def _welch(
     n_a: object, mean_a: object, var_a: object, n_b: object, mean_b: object, var_b: object
 ) -> tuple[np.ndarray, np.ndarray]:
     """(t, two-sided p) of Welch's test for arrays of validated moments (broadcast together):
-    the arithmetic of ``scipy.stats.ttest_ind_from_stats`` with ``equal_var=False`` (which
-    takes deviations, hence the sqrt and square), written out with ``scipy.special.stdtr``
-    because importing scipy.stats costs ~0.6 s in every fresh worker that finalizes."""
-    n_a, n_b = np.asarray(n_a, np.float64), np.asarray(n_b, np.float64)
+    ``scipy.stats.ttest_ind_from_stats`` with ``equal_var=False``, which takes deviations."""
+    # Imported here: scipy.stats takes ~0.6 s to import, and the score stage's workers, which
+    # only build partials, never need it.
+    from scipy.stats import ttest_ind_from_stats
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        vn_a = np.sqrt(np.asarray(var_a, np.float64)) ** 2 / n_a
-        vn_b = np.sqrt(np.asarray(var_b, np.float64)) ** 2 / n_b
-        df = (vn_a + vn_b) ** 2 / (vn_a**2 / (n_a - 1) + vn_b**2 / (n_b - 1))
-        df = np.where(np.isnan(df), 1.0, df)  # both variances zero: any df, as scipy
-        t_stat = np.divide(
-            np.asarray(mean_a, np.float64) - np.asarray(mean_b, np.float64),
-            np.sqrt(vn_a + vn_b),
+        result = ttest_ind_from_stats(
+            np.asarray(mean_a, np.float64),
+            np.sqrt(np.asarray(var_a, np.float64)),
+            np.asarray(n_a, np.float64),
+            np.asarray(mean_b, np.float64),
+            np.sqrt(np.asarray(var_b, np.float64)),
+            np.asarray(n_b, np.float64),
+            equal_var=False,
         )
-        p_value = 2 * _special().stdtr(df, -np.abs(t_stat))
-    return np.asarray(t_stat, np.float64), np.asarray(p_value, np.float64)
+    return np.asarray(result.statistic, np.float64), np.asarray(result.pvalue, np.float64)
 
 
 def welch_t_from_moments(
