@@ -233,9 +233,11 @@ class _ParquetStore:
             self._refresh([name for name in groups if name not in self._buckets])
             self._check_compatible([values[rows[0]] for rows in groups.values()], "put()")
             taken = 0
+            buffered = self._buffered(
+                {n: {hashes[row] for row in rows} for n, rows in groups.items()}
+            )
             for name, rows in groups.items():
                 known = self._bucket(name).values
-                buffered = self._buffered({name: {hashes[row] for row in rows}})
                 rows = [
                     row for row in rows if hashes[row] not in known and hashes[row] not in buffered
                 ]
