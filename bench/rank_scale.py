@@ -213,9 +213,9 @@ def run_sizes(sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]
     with _common.local_ray(object_store_mb=store_mb) as ray_info:
         if not args.smoke:  # smoke timings prove nothing: no time spent on warming up
             # Untimed warm-up: Ray Data's first execution and worker imports are one-off costs.
-            # Past SCORE_BATCH_ROWS images, so that it runs the Ray path (scoring and fold
-            # tasks; the fold imports scipy.stats) and not only the driver's fold; twice, as
-            # the fold task may land on another worker.
+            # Past SCORE_BATCH_ROWS images, so that it runs the Ray path (tasks scoring slices
+            # of the hypotheses; the driver, finalizing them, imports scipy.stats) and not only
+            # the driver's fold; twice, as the tasks may land on other workers.
             warm = embedded_images(SCORE_BATCH_ROWS, args.dim, args.rows_per_block, args.seed)
             for _ in range(2):
                 score_hypotheses(warm, hypotheses, text, rank_cfg)

@@ -211,8 +211,8 @@ def test_split_merge_all_equals_pairwise_merges() -> None:
 
 
 def test_fold_blocks_equals_one_block_folded_on_the_driver(ray_session) -> None:
-    """`fold_blocks` (a task per run of blocks, one fold task) gives what one partial of all
-    rows gives, for exact and histogram partials, with hold-out on and a failed row; a second
+    """`fold_blocks` (a task per run of blocks and one fold task, or a task per slice of the
+    hypotheses over every row) gives what one partial of all rows gives, for exact and histogram partials, with hold-out on and a failed row; a second
     aggregation without `combine_all` rides along. Scores are exact in float32 (multiples of
     1/64), so block boundaries cannot move them."""
     import ray
@@ -248,13 +248,19 @@ def test_fold_blocks_equals_one_block_folded_on_the_driver(ray_session) -> None:
         kind(names, text, threshold=0.1, num_bins=64, exact_cap=cap, held_in=held_in)
         for kind, cap in ((ScoreAggregate, 10_000), (BinnedScores, 100))
     )
-    got = fold_blocks(dataset, [exact, binned, Count()], rows_per_task=120)  # 2 tasks, 1 pass
-    assert got["count"] == n
-    for scoring in (exact, binned):
-        want = scoring.finalize(scoring.aggregate_block(whole))
-        scored = got[scoring.get_agg_name()]
-        assert scored.holdout == want.holdout
-        assert scored.stats[0].auroc_exact is (scoring is exact)
-        for mine, theirs in ((scored.stats, want.stats), (scored.tested, want.tested)):
-            for g, w in zip(mine, theirs, strict=True):
-                _assert_same_stats(g, w)
+    # By blocks (2 tasks, 1 pass); then with the exact one by hypothesis slices (a task per
+    # core, each over every row: what 10^5 images per set get), the others by blocks.
+    for scores_per_slice in (n * h + 1, 1):
+        aggregations = [exact, binned, Count()]
+        got = fold_blocks(
+            dataset, aggregations, rows_per_task=120, scores_per_slice=scores_per_slice
+        )
+        assert got["count"] == n
+        for scoring in (exact, binned):
+            want = scoring.finalize(scoring.aggregate_block(whole))
+            scored = got[scoring.get_agg_name()]
+            assert scored.holdout == want.holdout
+            assert scored.stats[0].auroc_exact is (scoring is exact)
+            for mine, theirs in ((scored.stats, want.stats), (scored.tested, want.tested)):
+                for g, w in zip(mine, theirs, strict=True):
+                    _assert_same_stats(g, w)

@@ -2,7 +2,8 @@
 
 Inputs are planned (listed, or for shards only resolved) and model weights checked before Ray or
 any model starts. The proposer, ranker and evaluator are the variants the config names
-(pipeline/proposers.py, rankers.py, evaluators.py). The ranker's work that needs no hypothesis
+(pipeline/proposers.py, rankers.py, evaluators.py). The LLM app, the longest start-up, is
+deployed first in a background thread. The ranker's work that needs no hypothesis
 (CLIP: embedding every image) runs in a background thread while the sampled images are captioned
 and the proposer proposes; near-duplicate hypotheses are merged on the ranker's text vectors
 (propose.merge_similarity); ranking then scores every row per block and merges partial
@@ -17,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,23 +142,33 @@ def _describe(
     metrics = None
     # On a failure, the CLIP actors (inner) stop before the background pool (outer) is waited
     # for: an embedding still running fails at once instead of finishing every image first.
+    # The LLM app (its own chain of processes: Serve controller, proxy, replica) is the longest
+    # start-up, so it is deployed first, in the background; the pool is waited for (outer)
+    # before the app is stopped (outermost), so a deploy still running is never orphaned.
     with (
         ray_runtime(config.ray) as ray_start,
-        ThreadPoolExecutor(max_workers=2) as background,
-        clip_model_actors(config.clip, config.cache.root)  # images, then texts
-        if ranker_class.uses_clip
-        else nullcontext() as clip,
+        ExitStack() as llm_session,
+        ThreadPoolExecutor(max_workers=3) as background,
     ):
         _warm_up_ray()
-        ctx.clip = clip
-        ranker = ranker_class(ctx)
-        say(ranker.start(background))
-        # Samples are captioned while the LLM app starts: captions do not need it.
-        if proposer.needs_captions:
-            say(f"captioning samples (caption.source={config.caption.source})")
-        captioning = background.submit(_caption_samples, plan, config, timer, proposer)
         llm_started = time.perf_counter()
-        with open_llm(config.llm) if _needs_llm(config) else nullcontext() as client:
+        llm = background.submit(
+            llm_session.enter_context,
+            open_llm(config.llm) if _needs_llm(config) else nullcontext(),
+        )
+        with (
+            clip_model_actors(config.clip, config.cache.root)  # images, then texts
+            if ranker_class.uses_clip
+            else nullcontext() as clip
+        ):
+            ctx.clip = clip
+            ranker = ranker_class(ctx)
+            say(ranker.start(background))
+            # Samples are captioned while the LLM app starts: captions do not need it.
+            if proposer.needs_captions:
+                say(f"captioning samples (caption.source={config.caption.source})")
+            captioning = background.submit(_caption_samples, plan, config, timer, proposer)
+            client = llm.result()
             llm_app_seconds = round(time.perf_counter() - llm_started, 3) if client else None
             ctx.client = _with_answer_cache(client, config)
             captioned = captioning.result()

@@ -386,11 +386,13 @@ def embed_texts(
 
 def aggregate_embeddings(embedded: EmbeddedImages, aggregations: list[Any]) -> dict[str, Any]:
     """One pass over the embedded images for several Ray Data aggregations (`AggregateFnV2`):
-    {name: finalized result}. Runs of consecutive blocks (~`SCORE_BATCH_ROWS` rows each) are
-    aggregated by plain Ray tasks and their partials folded by one more task
-    (`rank.aggregate.fold_blocks`): Ray Data's hash-shuffle aggregate would start aggregator
-    actors on every call (~8 s of a 10 s ranking at 10^5 images per set). An input that fits in
-    one such block is folded on the driver with the same `aggregate_block`/`finalize`."""
+    {name: finalized result}, by plain Ray tasks (`rank.aggregate.fold_blocks`): on one node
+    under the exact cap, one task per core scores a slice of the hypotheses over every row and
+    the driver finalizes the joined slices; otherwise runs of consecutive blocks
+    (~`SCORE_BATCH_ROWS` rows each) are aggregated by tasks and folded by one more task. Ray
+    Data's hash-shuffle aggregate would start aggregator actors on every call (~8 s of a 10 s
+    ranking at 10^5 images per set). An input that fits in one such block is folded on the
+    driver with the same `aggregate_block`/`finalize`."""
     batches = []
     if embedded.num_rows <= SCORE_BATCH_ROWS:
         batches = list(embedded.dataset.iter_batches(batch_size=None, batch_format="pyarrow"))

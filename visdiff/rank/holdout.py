@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from visdiff.rank.partials import HypothesisStats, ScorePartials, merge_all
+from visdiff.rank.partials import HypothesisStats, RankedPartials, ScorePartials, merge_all
 
 __all__ = ["MIN_TESTED", "ScoredHypotheses", "SplitPartials"]
 
@@ -48,8 +48,10 @@ class SplitPartials:
     (4, 3, {'a': 1, 'b': 1})
     """
 
-    every: ScorePartials
-    held_out: ScorePartials | None
+    # Merged per-block partials, or (hypothesis slices: rank.aggregate) already ranked ones;
+    # `count` and `finalize` are all that is used of either.
+    every: ScorePartials | RankedPartials
+    held_out: ScorePartials | RankedPartials | None
 
     @classmethod
     def empty(cls, num_hypotheses: int, *, holdout: bool, **options: Any) -> SplitPartials:

@@ -25,17 +25,25 @@ import numpy as np
 
 from visdiff.config import RankConfig
 from visdiff.rank.stats import (
+    RankSums,
     _as_count,
     _as_finite,
     _as_float,
-    _auroc_rows_with_test,
     _correct_delta_from_counts,
+    _exact_rank_sums,
     _welch,
     auroc_from_histograms,
-    auroc_test_from_histograms,
+    histogram_rank_sums,
 )
 
-__all__ = ["HypothesisStats", "ScorePartials", "merge_all", "rank_order", "ranking_key"]
+__all__ = [
+    "HypothesisStats",
+    "RankedPartials",
+    "ScorePartials",
+    "merge_all",
+    "rank_order",
+    "ranking_key",
+]
 
 # One home for the defaults: the run configuration's.
 DEFAULT_NUM_BINS = RankConfig.histogram_bins
@@ -300,23 +308,72 @@ class ScorePartials:
         num_bins = _as_count(num_bins, "num_bins", minimum=1)
         exact_cap = _as_count(exact_cap, "exact_cap", minimum=0)
         threshold = _as_finite(threshold, "threshold")
-        keep_exact = scores.shape[0] <= exact_cap
+        if expected_total is not None:
+            expected_total = _as_count(expected_total, "expected_total", minimum=0)
+        by_hypothesis = scores.T  # (H, n); C-contiguous when scores came as (text @ images.T).T
+        # (H, n_set) C-contiguous copies of each set's columns.
+        picked = [np.compress(in_set, by_hypothesis, axis=1) for in_set in (is_a, ~is_a)]
+        return cls.from_set_scores(
+            *picked,
+            threshold=threshold,
+            num_bins=num_bins,
+            exact_cap=exact_cap,
+            expected_total=expected_total,
+        )
+
+    @classmethod
+    def from_set_scores(
+        cls,
+        scores_a: np.ndarray,
+        scores_b: np.ndarray,
+        *,
+        threshold: float,
+        num_bins: int = DEFAULT_NUM_BINS,
+        exact_cap: int = DEFAULT_EXACT_CAP,
+        expected_total: int | None = None,
+    ) -> ScorePartials:
+        """``from_scores`` of scores already split by set, hypothesis-major: ``scores_a``
+        (H, n_a) and ``scores_b`` (H, n_b), any row stride. Float32 inputs are kept as they
+        are (views, no copy: the partial then shares their memory), so a caller that writes
+        both sets into one (H, n_a + n_b) matrix pays for no copy before the sort.
+
+        Examples
+        --------
+        >>> scores = np.array([[0.9, 0.8, 0.1, 0.2], [0.1, 0.2, 0.9, 0.8]], dtype=np.float32)
+        >>> part = ScorePartials.from_set_scores(scores[:, :2], scores[:, 2:], threshold=0.5)
+        >>> part.count.tolist(), part.above.tolist(), np.shares_memory(part.exact[0], scores)
+        ([2, 2], [[2, 0], [0, 2]], True)
+        """
+        sets = [np.asarray(scores_a), np.asarray(scores_b)]
+        for name, arr in zip(("scores_a", "scores_b"), sets, strict=True):
+            if arr.ndim != 2 or arr.shape[0] < 1:
+                raise ValueError(f"{name} must have shape (H, n) with H >= 1, got {arr.shape}")
+            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+        if sets[0].shape[0] != sets[1].shape[0]:
+            raise ValueError(
+                f"scores_a and scores_b must score the same hypotheses, got "
+                f"{sets[0].shape[0]} and {sets[1].shape[0]} rows"
+            )
+        num_bins = _as_count(num_bins, "num_bins", minimum=1)
+        exact_cap = _as_count(exact_cap, "exact_cap", minimum=0)
+        threshold = _as_finite(threshold, "threshold")
+        h = sets[0].shape[0]
+        count = np.array([sets[0].shape[1], sets[1].shape[1]], np.int64)
+        keep_exact = int(count.sum()) <= exact_cap
         if expected_total is not None:
             keep_exact &= _as_count(expected_total, "expected_total", minimum=0) <= exact_cap
-        h = scores.shape[1]
-        count = np.zeros(2, np.int64)
         mean = np.zeros((2, h))
         m2 = np.zeros((2, h))
         above = np.zeros((2, h), np.int64)
-        exact = []
-        by_hypothesis = scores.T  # (H, n); C-contiguous when scores came as (text @ images.T).T
-        for i, in_set in enumerate((is_a, ~is_a)):
-            picked = np.compress(in_set, by_hypothesis, axis=1)  # (H, n_set), C-contiguous
-            n = picked.shape[1]
-            count[i] = n
-            exact.append(np.ascontiguousarray(picked, dtype=np.float32))
-            if n:
+        for i, picked in enumerate(sets):
+            if picked.shape[1]:
                 _moments(picked, threshold, mean[i], m2[i], above[i])
+        # A float64 sum of float32 scores cannot overflow (3.4e38 each): their means are finite
+        # exactly when every score is, so no separate pass over the scores checks them.
+        if not np.all(np.isfinite(mean)):
+            raise ValueError("scores must be finite, got NaN/inf similarities")
+        exact = [np.asarray(picked, dtype=np.float32) for picked in sets]
         if keep_exact:
             return cls(threshold, num_bins, exact_cap, count, mean, m2, above, None, exact)
         hist = _histograms(exact, num_bins)
@@ -349,21 +406,110 @@ class ScorePartials:
         >>> round(dogs.auroc, 4), dogs.auroc_exact, round(dogs.correct_delta, 4)
         (0.6667, True, 0.6667)
         """
+        _check_names(hypotheses, self.num_hypotheses)
+        _check_counts(self.count)
+        return self.ranked().finalize(hypotheses)
+
+    def ranked(self) -> RankedPartials:
+        """The heavy half of ``finalize``: the exact scores sorted (one sort per hypothesis) or
+        the histograms summed, leaving per-hypothesis arrays only; numpy alone, no scipy.
+        With fewer than 2 images in a set nothing is sorted (NaN): ``finalize`` refuses it."""
         h = self.num_hypotheses
-        if len(hypotheses) != h:
-            raise ValueError(
-                f"hypotheses must have {h} entries (one per column), got {len(hypotheses)}"
-            )
-        n_a, n_b = int(self.count[0]), int(self.count[1])
-        for name, n in zip(_SETS, (n_a, n_b), strict=True):
-            if n < 2:
-                raise ValueError(f"set {name} has {n} image(s); ranking needs at least 2 per set")
-        if self.exact is not None:
-            aucs, test = _auroc_rows_with_test(self.exact[0], self.exact[1])
+        if int(self.count.min()) < 2:
+            nan = np.full(h, np.nan)
+            aucs, bounds, sums = nan, nan, RankSums(nan, nan, nan)
+        elif self.exact is not None:
+            aucs, sums = _exact_rank_sums(self.exact[0], self.exact[1])
             bounds = np.zeros(h)
         else:
             aucs, bounds = auroc_from_histograms(self.hist[0], self.hist[1])
-            test = auroc_test_from_histograms(self.hist[0], self.hist[1])
+            sums = histogram_rank_sums(self.hist[0], self.hist[1])[1]
+        return RankedPartials(
+            self.threshold,
+            self.count.copy(),
+            self.mean.copy(),
+            self.m2.copy(),
+            self.above.copy(),
+            aucs,
+            bounds,
+            self.exact is not None,
+            sums,
+        )
+
+
+def _check_names(hypotheses: list[str], h: int) -> None:
+    if len(hypotheses) != h:
+        raise ValueError(
+            f"hypotheses must have {h} entries (one per column), got {len(hypotheses)}"
+        )
+
+
+def _check_counts(count: np.ndarray) -> None:
+    for name, n in zip(_SETS, count, strict=True):
+        if n < 2:
+            raise ValueError(f"set {name} has {n} image(s); ranking needs at least 2 per set")
+
+
+@dataclass(frozen=True)
+class RankedPartials:
+    """A ``ScorePartials`` past its sort (``ScorePartials.ranked``): per-hypothesis arrays
+    only, a few KiB, that ``finalize`` turns into statistics with scipy's p-values.
+
+    Ranking by slices of hypotheses ranks each slice where its scores are (numpy only; a
+    fresh worker would spend ~1 s importing scipy.stats) and finalizes the slices joined
+    (``concat``) where scipy is loaded. Not mergeable: the scores are gone.
+    """
+
+    threshold: float
+    count: np.ndarray  # (2,) int64
+    mean: np.ndarray  # (2, H) float64
+    m2: np.ndarray  # (2, H) float64
+    above: np.ndarray  # (2, H) int64
+    auroc: np.ndarray  # (H,)
+    auroc_error_bound: np.ndarray  # (H,)
+    exact: bool
+    sums: RankSums
+
+    @property
+    def num_hypotheses(self) -> int:
+        return int(self.mean.shape[1])
+
+    @staticmethod
+    def concat(parts: list[RankedPartials]) -> RankedPartials:
+        """The ranked partials of consecutive hypothesis slices of the same images, in order."""
+        if not parts:
+            raise ValueError("parts must contain at least one RankedPartials, got none")
+        first = parts[0]
+        for part in parts[1:]:
+            same = (part.threshold, part.exact) == (first.threshold, first.exact)
+            if not same or not np.array_equal(part.count, first.count):
+                raise ValueError(
+                    "can only join slices of one ranking (same images, threshold and path), got "
+                    f"counts {first.count.tolist()} and {part.count.tolist()}"
+                )
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts], axis=-1)
+
+        return RankedPartials(
+            first.threshold,
+            first.count,
+            joined("mean"),
+            joined("m2"),
+            joined("above"),
+            joined("auroc"),
+            joined("auroc_error_bound"),
+            first.exact,
+            RankSums.concat([p.sums for p in parts]),
+        )
+
+    def finalize(self, hypotheses: list[str]) -> list[HypothesisStats]:
+        """Per-hypothesis statistics, in the order of ``hypotheses``: ``ScorePartials.finalize``
+        of the partial this was ranked from."""
+        _check_names(hypotheses, self.num_hypotheses)
+        _check_counts(self.count)
+        n_a, n_b = int(self.count[0]), int(self.count[1])
+        test = self.sums.test(self.auroc, float(n_a), float(n_b))
         var = self.m2 / (self.count[:, None] - 1)
         t_stat, p_value = _welch(n_a, self.mean[0], var[0], n_b, self.mean[1], var[1])
         delta = _correct_delta_from_counts(self.above[0], n_a, self.above[1], n_b)
@@ -371,9 +517,9 @@ class ScorePartials:
         return [
             HypothesisStats(
                 hypothesis=text,
-                auroc=aucs[j],
-                auroc_error_bound=bounds[j],
-                auroc_exact=self.exact is not None,
+                auroc=self.auroc[j],
+                auroc_error_bound=self.auroc_error_bound[j],
+                auroc_exact=self.exact,
                 auroc_se=test.se[j],
                 mean_a=self.mean[0, j],
                 mean_b=self.mean[1, j],

@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "AurocTest",
+    "RankSums",
     "TTest",
     "auroc",
     "auroc_ci",
@@ -28,6 +29,7 @@ __all__ = [
     "auroc_test",
     "auroc_test_from_histograms",
     "correct_delta",
+    "histogram_rank_sums",
     "welch_t_from_moments",
 ]
 
@@ -207,7 +209,43 @@ def _auroc_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _auroc_rows_with_test(
     a: np.ndarray, b: np.ndarray, *, with_test: bool = True
 ) -> tuple[np.ndarray, AurocTest | None]:
-    """Exact AUROCs and, from the same sorted keys, the ``AurocTest`` of every row.
+    """Exact AUROCs and, from the same sorted keys, the ``AurocTest`` of every row."""
+    auc, sums = _exact_rank_sums(a, b, with_test=with_test)
+    return auc, (None if sums is None else sums.test(auc, a.shape[1], b.shape[1]))
+
+
+@dataclass(frozen=True)
+class RankSums:
+    """What the tests of AUROCs need besides them, per row: Mann-Whitney's U, DeLong's
+    standard error and the tie term (sum over tie groups of t^3 - t). They take the one sort
+    per row; the p-values that follow (``test``) are a few array operations, but need
+    scipy.special, which the workers that sort need not import."""
+
+    u: np.ndarray
+    se: np.ndarray
+    tie_term: np.ndarray
+
+    def test(
+        self, auroc: np.ndarray, n_a: np.ndarray | float, n_b: np.ndarray | float
+    ) -> AurocTest:
+        """The ``AurocTest`` of rows of ``n_a`` A and ``n_b`` B scores."""
+        p_greater, p_less = _mann_whitney_p(self.u, n_a, n_b, self.tie_term)
+        return AurocTest(auroc, p_greater, p_less, self.se)
+
+    @staticmethod
+    def concat(parts: list[RankSums]) -> RankSums:
+        """The sums of consecutive row slices, in order."""
+        return RankSums(
+            np.concatenate([p.u for p in parts]),
+            np.concatenate([p.se for p in parts]),
+            np.concatenate([p.tie_term for p in parts]),
+        )
+
+
+def _exact_rank_sums(
+    a: np.ndarray, b: np.ndarray, *, with_test: bool = True
+) -> tuple[np.ndarray, RankSums | None]:
+    """Exact AUROCs and, from the same sorted keys, the ``RankSums`` of every row.
 
     Each thread takes every ``threads``-th block of rows and keeps its own ``_Scratch``, so
     the block-sized temporaries are allocated once per thread, not once per block.
@@ -217,7 +255,7 @@ def _auroc_rows_with_test(
     starts = range(0, h, per_block)
     out = np.empty(h, dtype=np.float64)
     tests = np.empty((3, h), dtype=np.float64)
-    threads = min(len(starts), _MAX_THREADS, os.cpu_count() or 1)
+    threads = min(len(starts), _MAX_THREADS, _thread_budget())
 
     def run(first: int) -> None:
         scratch = _Scratch()
@@ -235,7 +273,17 @@ def _auroc_rows_with_test(
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(run, range(threads)))
-    return out, (AurocTest(out, *tests) if with_test else None)
+    return out, (RankSums(*tests) if with_test else None)
+
+
+def _thread_budget() -> int:
+    """Threads this process should sort in: its CPUs, or OMP_NUM_THREADS where set (Ray sets
+    it to a task's CPU count: tasks that already share the cores gain nothing from more)."""
+    cpus = os.cpu_count() or 1
+    try:
+        return max(1, min(cpus, int(os.environ.get("OMP_NUM_THREADS", cpus))))
+    except ValueError:  # not a number: ignored, as BLAS libraries ignore it
+        return cpus
 
 
 class _Scratch:
@@ -298,7 +346,7 @@ def _statistics_of_keys(
     keys: np.ndarray, n_a: int, n_b: int, with_test: bool, scratch: _Scratch | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Exact AUROC of each row of one block of sorted keys (see ``auroc_many``) and, with
-    ``with_test``, its (p_greater, p_less, se) stacked as (3, rows); see ``_test_from_groups``.
+    ``with_test``, its (u, se, tie_term) stacked as (3, rows); see ``RankSums``.
 
     Array passes over the block, no Python per row: A precedes B inside ties, so the k-th A
     of a row, at position p_k, has exactly p_k - k B scores strictly below it. Those counts
@@ -341,9 +389,7 @@ def _statistics_of_keys(
         s10 = (q_a / float(n_b) ** 2 - n_a * auc**2) / (n_a - 1)
         s01 = (q_b / float(n_a) ** 2 - n_b * auc**2) / (n_b - 1)
         se = np.sqrt(np.maximum(s10 / n_a + s01 / n_b, 0.0))
-    u = twice_u / 2.0
-    p_greater, p_less = _mann_whitney_p(u, float(n_a), float(n_b), tie_term)
-    return auc, np.stack([p_greater, p_less, se])
+    return auc, np.stack([twice_u / 2.0, se, tie_term])
 
 
 @dataclass(frozen=True)
@@ -425,7 +471,16 @@ class AurocTest:
 def _test_from_groups(
     count_a: np.ndarray, count_b: np.ndarray, row: np.ndarray, rows: int
 ) -> AurocTest:
-    """``AurocTest`` per row from flat per-group counts (groups ascending within each row).
+    """``AurocTest`` per row from flat per-group counts (groups ascending within each row)."""
+    auc, sums, n_a, n_b = _rank_sums_from_groups(count_a, count_b, row, rows)
+    return sums.test(auc, n_a, n_b)
+
+
+def _rank_sums_from_groups(
+    count_a: np.ndarray, count_b: np.ndarray, row: np.ndarray, rows: int
+) -> tuple[np.ndarray, RankSums, np.ndarray, np.ndarray]:
+    """AUROC, ``RankSums``, n_a and n_b per row from flat per-group counts (groups ascending
+    within each row).
 
     Mann-Whitney: normal approximation with tie correction and continuity correction, as
     ``scipy.stats.mannwhitneyu(method="asymptotic")``. DeLong: the AUROC's variance is
@@ -447,8 +502,8 @@ def _test_from_groups(
         s10 = (np.bincount(row, a * v10**2, rows) - n_a * auc**2) / (n_a - 1)
         s01 = (np.bincount(row, b * v01**2, rows) - n_b * auc**2) / (n_b - 1)
         se = np.sqrt(np.maximum(s10 / n_a + s01 / n_b, 0.0))
-    p_greater, p_less = _mann_whitney_p(u, n_a, n_b, np.bincount(row, (a + b) ** 3 - (a + b), rows))
-    return AurocTest(auc, p_greater, p_less, se)
+    tie_term = np.bincount(row, (a + b) ** 3 - (a + b), rows)
+    return auc, RankSums(u, se, tie_term), n_a, n_b
 
 
 def _scalar_test(test: AurocTest) -> AurocTest:
@@ -486,13 +541,23 @@ def auroc_test_from_histograms(hist_a: object, hist_b: object) -> AurocTest:
     (0.9583, 0.0307)
     """
     a = _as_histograms(hist_a, "hist_a")
+    auc, sums, n_a, n_b = histogram_rank_sums(hist_a, hist_b)
+    test = sums.test(auc, n_a, n_b)
+    return _scalar_test(test) if a.ndim == 1 else test
+
+
+def histogram_rank_sums(
+    hist_a: object, hist_b: object
+) -> tuple[np.ndarray, RankSums, np.ndarray, np.ndarray]:
+    """AUROC, ``RankSums``, n_a and n_b per histogram (bins along the last axis, flattened
+    to rows) of ``auroc_test_from_histograms``: all but its p-values (no scipy)."""
+    a = _as_histograms(hist_a, "hist_a")
     b = _as_histograms(hist_b, "hist_b")
     if a.shape != b.shape:
         raise ValueError(f"hist_a and hist_b must share bins, got shapes {a.shape} and {b.shape}")
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
     row = np.repeat(np.arange(rows), a.shape[-1])
-    test = _test_from_groups(a.reshape(-1), b.reshape(-1), row, rows)
-    return _scalar_test(test) if a.ndim == 1 else test
+    return _rank_sums_from_groups(a.reshape(-1), b.reshape(-1), row, rows)
 
 
 def auroc_ci(
