@@ -298,20 +298,14 @@ class ScorePartials:
             scores.dtype, np.integer
         ):
             raise ValueError(f"scores must hold real numbers, got dtype {scores.dtype}")
-        if not np.all(np.isfinite(scores)):
-            raise ValueError("scores must be finite, got NaN/inf similarities")
         if is_a.dtype != np.bool_ or is_a.shape != (scores.shape[0],):
             raise ValueError(
                 f"is_a must be a bool array of shape ({scores.shape[0]},), "
                 f"got {is_a.dtype} {is_a.shape}"
             )
-        num_bins = _as_count(num_bins, "num_bins", minimum=1)
-        exact_cap = _as_count(exact_cap, "exact_cap", minimum=0)
-        threshold = _as_finite(threshold, "threshold")
-        if expected_total is not None:
-            expected_total = _as_count(expected_total, "expected_total", minimum=0)
         by_hypothesis = scores.T  # (H, n); C-contiguous when scores came as (text @ images.T).T
-        # (H, n_set) C-contiguous copies of each set's columns.
+        # (H, n_set) C-contiguous copies of each set's columns; `from_set_scores` checks the
+        # options and that every score is finite (from the moments, without another pass).
         picked = [np.compress(in_set, by_hypothesis, axis=1) for in_set in (is_a, ~is_a)]
         return cls.from_set_scores(
             *picked,

@@ -203,7 +203,7 @@ def auroc_many(scores_a: object, scores_b: object, *, axis: int = 0) -> np.ndarr
 
 def _auroc_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``auroc_many`` on validated float32 (H, n_a) and (H, n_b) arrays (any strides)."""
-    return _auroc_rows_with_test(a, b, with_test=False)[0]
+    return _exact_rank_sums(a, b, with_test=False)[0]
 
 
 def _auroc_rows_with_test(
